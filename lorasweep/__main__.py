@@ -1,0 +1,3 @@
+from lorasweep.cli import app
+
+app(prog_name="lorasweep")

@@ -1,0 +1,216 @@
+"""The `lorasweep` command line: thin wrappers over study, objective and trial.
+
+    lorasweep optimize                         # search_spaces/default.yaml, study "default"
+    lorasweep optimize --space search_spaces/default.yaml --n-trials 12 --study mine
+    lorasweep run --config trial.yaml          # one trial, no Optuna
+    optuna-dashboard sqlite:///results/lorasweep.db
+
+Bad input (space, config, storage URL) is one line on stderr and exit code 2, before any study is
+created or changed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from lorasweep.config import ConfigError, TrialConfig
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="LoRA or full fine-tuning? Optuna studies that measure what a model learns and forgets.",
+)
+console = Console()
+err_console = Console(stderr=True)
+
+DEFAULT_SPACE = Path("search_spaces/default.yaml")
+CacheDir = Annotated[
+    Optional[Path],
+    typer.Option(help="Where base models are cached (default: $LORASWEEP_CACHE_DIR or results/cache)."),
+]
+
+
+@contextmanager
+def user_errors():
+    """Bad input ends the command with one line on stderr and exit code 2."""
+    try:
+        yield
+    except ConfigError as err:
+        err_console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _quiet_libraries() -> None:
+    """Keep the terminal for lorasweep's own progress; the study records everything anyway."""
+    import optuna
+    import transformers
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("peft").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", module="peft")
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+@app.command()
+def optimize(
+    space: Annotated[Path, typer.Option(help="Search-space YAML file.")] = DEFAULT_SPACE,
+    study: Annotated[str, typer.Option(help="Study name.")] = "default",
+    storage: Annotated[str, typer.Option(help="Optuna storage URL.")] = "sqlite:///results/lorasweep.db",
+    n_trials: Annotated[int, typer.Option(help="Trials to add to the study in this run.")] = 12,
+    timeout: Annotated[Optional[float], typer.Option(help="Stop starting trials after SECONDS.")] = None,
+    seed: Annotated[int, typer.Option(help="Sampler seed (offset by the trials already run).")] = 0,
+    cache_dir: CacheDir = None,
+) -> None:
+    """Run an Optuna study of fine-tuning trials; re-running adds trials to the same study."""
+    from lorasweep.search_space import load_space
+    from lorasweep.study import open_study, storage_label
+
+    with user_errors():
+        if n_trials < 1:
+            raise ConfigError(f"--n-trials is {n_trials}; allowed: an integer >= 1")
+        if timeout is not None and timeout <= 0:
+            raise ConfigError(f"--timeout is {timeout}; allowed: a number of seconds > 0")
+        searched = load_space(space)
+        world = TrialConfig.from_dict(searched.config, str(space)).world
+        _quiet_libraries()
+        opened = open_study(study, storage, searched, seed)
+    # imported only now: bad input is answered before torch is loaded
+    from lorasweep.objective import TRIAL_FAILURES, make_objective
+    from lorasweep.trial import prepare
+
+    finished = sum(t.state.is_finished() for t in opened.trials)
+    console.print(
+        f"study [bold]{study}[/] in {storage_label(storage)}: {finished} trials so far, "
+        f"adding {n_trials} from {space}",
+        highlight=False,
+    )
+    with _progress() as progress:
+        build = progress.add_task("base model", total=None)
+
+        def on_build_step(step: int, total: int) -> None:
+            progress.update(build, completed=step, total=total, description="building base model")
+
+        prepared = prepare(world, cache_dir, on_build_step)
+        progress.update(build, visible=False)
+        if "base_metrics" not in opened.user_attrs:
+            opened.set_user_attr("base_metrics", prepared.base_metrics)
+        trials = progress.add_task("trials", total=n_trials)
+        steps = progress.add_task("steps", total=None)
+
+        def on_step(step: int, total: int) -> None:
+            progress.update(steps, completed=step, total=total)
+
+        def on_trial(_study, frozen) -> None:
+            progress.advance(trials)
+            progress.console.print(_trial_line(frozen), highlight=False)
+
+        try:
+            opened.optimize(
+                make_objective(searched, on_step, cache_dir),
+                n_trials=n_trials,
+                timeout=timeout,
+                callbacks=[on_trial],
+                catch=TRIAL_FAILURES,
+            )
+        except KeyboardInterrupt:
+            progress.stop()
+            err_console.print("interrupted: the running trial is marked failed; run again to resume")
+            raise typer.Exit(130) from None
+    _print_front(opened)
+    console.print(f"\nopen the dashboard:  optuna-dashboard {storage}")
+
+
+def _trial_line(frozen) -> str:
+    attrs = frozen.user_attrs
+    if frozen.values is None:
+        reason = attrs.get("fail_reason", "see the study")
+        return f"trial {frozen.number}: {frozen.state.name.lower()} ({reason})"
+    learn, forget = frozen.values
+    return (
+        f"trial {frozen.number}: {_describe(attrs.get('config', {}))}  "
+        f"learn {learn:.3f}  forget {forget:+.3f}  ({attrs.get('wall_s', 0):.0f}s)"
+    )
+
+
+def _describe(config: dict) -> str:
+    if config.get("method") == "full":
+        return f"full lr={config.get('learning_rate', 0):.1e}"
+    return (
+        f"{config.get('method')} r={config.get('rank')} a={config.get('alpha', 0):g} "
+        f"{config.get('target_modules')} lr={config.get('learning_rate', 0):.1e}"
+    )
+
+
+def _print_front(study) -> None:
+    front = sorted(study.best_trials, key=lambda t: -t.values[0])
+    table = Table(title=f"Pareto front of '{study.study_name}' (learn up, forget down)")
+    for column in ("trial", "method", "rank", "targets", "lr", "learn", "forget"):
+        table.add_column(column, justify="right" if column not in ("method", "targets") else "left")
+    for t in front:
+        c = t.user_attrs.get("config", {})
+        lora = c.get("method") != "full"
+        table.add_row(
+            str(t.number),
+            str(c.get("method", "?")),
+            str(c.get("rank")) if lora else "-",
+            str(c.get("target_modules")) if lora else "-",
+            f"{c.get('learning_rate', float('nan')):.2e}",
+            f"{t.values[0]:.3f}",
+            f"{t.values[1]:+.3f}",
+        )
+    console.print(table)
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Option(help="Trial config YAML (the format every trial records).")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    cache_dir: CacheDir = None,
+) -> None:
+    """Run one fully specified trial without Optuna and print what it learned and forgot."""
+    from lorasweep.trial import prepare, run_trial
+
+    with user_errors():
+        trial_config = TrialConfig.from_yaml(config)
+        _quiet_libraries()
+        with _progress() as progress:
+            task = progress.add_task("base model", total=None)
+            prepare(trial_config.world, cache_dir, lambda s, n: progress.update(task, completed=s, total=n))
+            progress.update(task, description="training", completed=0, total=trial_config.steps)
+            result = run_trial(
+                trial_config,
+                on_step=lambda s, n: progress.update(task, completed=s, total=n),
+                cache_dir=cache_dir,
+            )
+    if json_out:
+        print(json.dumps(result, indent=2))
+        return
+    table = Table(title=f"trial {config}", show_header=False)
+    for key, value in result.items():
+        if key in ("config", "versions", "base_metrics"):
+            continue
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    console.print(table)

@@ -1,0 +1,238 @@
+"""A trial's whole configuration: one typed object, written as YAML and run again as it is.
+
+Every Optuna trial records its resolved `TrialConfig` as the user attr `config`; the same object,
+saved as YAML, runs one trial without Optuna:
+
+    lorasweep run --config trial.yaml
+
+Validation is strict and every error is one line that names the source, the field and what is
+allowed, so a typo never costs a sweep.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+METHODS = ("full", "lora")
+TARGET_PRESETS = ("all-linear", "qv")
+SCHEDULES = ("constant", "linear", "cosine", "cosine_with_min_lr")
+
+
+class ConfigError(ValueError):
+    """Bad user input: the message is one line naming the file, the field and what is allowed."""
+
+
+@dataclass
+class WorldConfig:
+    """The embedded knowledge world and the recipe of its base model (DESIGN.md section 3)."""
+
+    seed: int = 0
+    n_general: int = 200  # people the base model knows
+    n_domain: int = 100  # people whose facts a trial injects
+    n_attributes: int = 3  # facts per person (birth city, university, employer, job)
+    n_templates: int = 4  # paraphrase templates per attribute; one per person is held out
+    bios_per_person: int = 4  # training biographies per person, each a fresh paraphrase
+    # base model (Llama architecture) and its pretraining on the general split
+    hidden_size: int = 192
+    n_layers: int = 4
+    n_heads: int = 4
+    pretrain_epochs: int = 30
+    pretrain_batch_size: int = 32
+    pretrain_lr: float = 3e-3
+    max_length: int = 64  # tokens per packed pretraining sequence
+
+    def validate(self, source: str) -> None:
+        _check(source, self, "world.n_general", self.n_general >= 2, "an integer >= 2")
+        _check(source, self, "world.n_domain", self.n_domain >= 1, "an integer >= 1")
+        _check(source, self, "world.n_attributes", 1 <= self.n_attributes <= 4, "an integer in 1..4")
+        _check(source, self, "world.n_templates", 2 <= self.n_templates <= 4, "an integer in 2..4")
+        _check(source, self, "world.bios_per_person", self.bios_per_person >= 1, "an integer >= 1")
+        _check(source, self, "world.hidden_size", self.hidden_size >= 8, "an integer >= 8")
+        _check(source, self, "world.n_layers", self.n_layers >= 1, "an integer >= 1")
+        _check(
+            source,
+            self,
+            "world.n_heads",
+            self.n_heads >= 1 and self.hidden_size % self.n_heads == 0,
+            "a positive divisor of world.hidden_size",
+        )
+        _check(source, self, "world.pretrain_epochs", self.pretrain_epochs >= 1, "an integer >= 1")
+        _check(source, self, "world.pretrain_batch_size", self.pretrain_batch_size >= 1, "an integer >= 1")
+        _check(source, self, "world.pretrain_lr", self.pretrain_lr > 0, "a number > 0")
+        _check(source, self, "world.max_length", self.max_length >= 16, "an integer >= 16")
+
+
+@dataclass
+class TrialConfig:
+    """Everything one trial trains and measures. No adapter settings apply when method is full."""
+
+    method: str = "lora"
+    rank: int = 16
+    alpha: float | None = None  # LoRA alpha; if unset, alpha_ratio x rank
+    alpha_ratio: float | None = None  # alpha as a multiple of rank (default 2)
+    target_modules: str = "all-linear"
+    lora_dropout: float = 0.0
+    learning_rate: float = 1e-3
+    batch_size: int = 16
+    max_length: int = 64  # tokens per packed training sequence
+    train_tokens: int = 150_000  # token budget: the same for every method, so trials compare
+    schedule: str = "cosine"
+    warmup_ratio: float = 0.1
+    min_lr_ratio: float = 0.1  # floor of cosine_with_min_lr, as a share of learning_rate
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0  # gradient clipping; 0 turns it off
+    eval_points: int = 4  # evaluations of learn during training (learning curves, pruning)
+    seed: int = 0
+    threads: int = 0  # torch CPU threads; 0 means every core
+    world: WorldConfig = field(default_factory=WorldConfig)
+
+    def validate(self, source: str) -> None:
+        _check_choice(source, "method", self.method, METHODS)
+        _check_choice(source, "target_modules", self.target_modules, TARGET_PRESETS)
+        _check_choice(source, "schedule", self.schedule, SCHEDULES)
+        _check(source, self, "rank", self.rank >= 1, "an integer >= 1")
+        _check(source, self, "alpha", self.alpha is None or self.alpha > 0, "a number > 0")
+        _check(source, self, "alpha_ratio", self.alpha_ratio is None or self.alpha_ratio > 0, "a number > 0")
+        _check(
+            source,
+            self,
+            "alpha",
+            self.alpha is None or self.alpha_ratio is None,
+            "set only one of alpha and alpha_ratio",
+        )
+        _check(source, self, "lora_dropout", 0 <= self.lora_dropout < 1, "a number in [0, 1)")
+        _check(source, self, "learning_rate", 0 < self.learning_rate < 1, "a number in (0, 1)")
+        _check(source, self, "batch_size", self.batch_size >= 1, "an integer >= 1")
+        _check(source, self, "max_length", self.max_length >= 8, "an integer >= 8")
+        _check(
+            source,
+            self,
+            "train_tokens",
+            self.train_tokens >= self.batch_size * self.max_length,
+            "at least one batch of tokens (batch_size x max_length)",
+        )
+        _check(source, self, "warmup_ratio", 0 <= self.warmup_ratio < 1, "a number in [0, 1)")
+        _check(source, self, "min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "a number in [0, 1]")
+        _check(source, self, "weight_decay", self.weight_decay >= 0, "a number >= 0")
+        _check(source, self, "max_grad_norm", self.max_grad_norm >= 0, "a number >= 0")
+        _check(source, self, "eval_points", self.eval_points >= 0, "an integer >= 0")
+        _check(source, self, "seed", self.seed >= 0, "an integer >= 0")
+        _check(source, self, "threads", self.threads >= 0, "an integer >= 0")
+        self.world.validate(source)
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps the token budget buys."""
+        return self.train_tokens // (self.batch_size * self.max_length)
+
+    def resolved(self) -> TrialConfig:
+        """The config with derived values filled in (alpha), as a trial records it."""
+        if self.method == "full":
+            return self
+        if self.alpha is not None:
+            return self
+        ratio = 2.0 if self.alpha_ratio is None else self.alpha_ratio
+        return dataclasses.replace(self, alpha=ratio * self.rank, alpha_ratio=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self, path: Path) -> None:
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str) -> TrialConfig:
+        values = _typed_fields(cls, data, source, prefix="")
+        if "world" in values:
+            values["world"] = WorldConfig(**_typed_fields(WorldConfig, values["world"], source, "world."))
+        config = cls(**values)
+        config.validate(source)
+        return config
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> TrialConfig:
+        return cls.from_dict(load_yaml(path), str(path))
+
+
+def load_yaml(path: Path) -> Any:
+    """Read a YAML file, turning every way it can be unreadable into a one-line ConfigError."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read ({err.__class__.__name__}: {err})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+
+
+def coerce(value: Any, kind: type, source: str, name: str) -> Any:
+    """Check one value against a field type; YAML reads `3e-4` as a string, so accept that."""
+    if kind is float and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    ok = {
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+        bool: isinstance(value, bool),
+    }[kind]
+    if not ok:
+        raise ConfigError(f"{source}: field '{name}' is {value!r}; expected {_type_name(kind)}")
+    if kind is float:
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{source}: field '{name}' is {value!r}; expected a finite number")
+    return value
+
+
+def _typed_fields(cls: type, data: Any, source: str, prefix: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        what = prefix.rstrip(".") or "the config"
+        raise ConfigError(f"{source}: {what} must be a mapping of field: value")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, value in data.items():
+        if key not in hints:
+            allowed = ", ".join(hints)
+            raise ConfigError(f"{source}: unknown field '{prefix}{key}' (allowed: {allowed})")
+        kind = hints[key]
+        if kind is WorldConfig:
+            values[key] = value
+            continue
+        args = typing.get_args(kind)
+        if value is None and type(None) in args:
+            values[key] = None
+            continue
+        base = next((a for a in args if a is not type(None)), kind)
+        values[key] = coerce(value, base, source, prefix + key)
+    return values
+
+
+def _type_name(kind: type) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[kind]
+
+
+def _check(source: str, obj: Any, name: str, ok: bool, allowed: str) -> None:
+    if not ok:
+        value = getattr(obj, name.rsplit(".", 1)[-1])
+        raise ConfigError(f"{source}: field '{name}' is {value!r}; allowed: {allowed}")
+
+
+def _check_choice(source: str, name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{source}: field '{name}' is {value!r}; allowed: {', '.join(choices)}")

@@ -1,0 +1,83 @@
+"""Base model in, trial model out: full fine-tuning or a PEFT LoRA adapter, on one code path.
+
+The base model is loaded once per process through `from_pretrained` (safetensors only, no remote
+code); each trial gets a deep copy of it in memory, so no trial reloads from disk and none sees
+another's weights. No adapter config means full fine-tuning, as in PEFT's method_comparison.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+from lorasweep.config import ConfigError, TrialConfig
+
+# Target-module presets per architecture. A preset an architecture cannot express (q,v only on a
+# fused QKV projection) is absent, and asking for it is an error, never a silent substitute.
+_LLAMA_LIKE = {
+    "all-linear": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "qv": ["q_proj", "v_proj"],
+}
+TARGET_MODULES = {
+    "llama": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    "gpt_neox": {"all-linear": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]},
+    "gpt2": {"all-linear": ["c_attn", "c_proj", "c_fc"]},
+}
+
+
+def load_base(path: Path, device: str = "cpu"):
+    """The base model (eval mode, float32) and its tokenizer, from a Hugging Face directory."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype=torch.float32)
+    return model.to(device).eval(), tokenizer
+
+
+def target_modules(model: torch.nn.Module, preset: str) -> list[str]:
+    """The module names a preset means for this model's architecture."""
+    model_type = model.config.model_type
+    presets = TARGET_MODULES.get(model_type)
+    if presets is None:
+        raise ConfigError(
+            f"target_modules: no presets for architecture '{model_type}' "
+            f"(known: {', '.join(TARGET_MODULES)})"
+        )
+    if preset not in presets:
+        raise ConfigError(
+            f"target_modules: preset '{preset}' cannot be applied to '{model_type}' "
+            f"(available there: {', '.join(presets)})"
+        )
+    return presets[preset]
+
+
+def trial_model(base: torch.nn.Module, config: TrialConfig) -> tuple[torch.nn.Module, list[str]]:
+    """A fresh trainable copy of `base` for this trial, and the module names LoRA was put on."""
+    model = copy.deepcopy(base)
+    model.train()
+    if config.method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model, []
+    from peft import LoraConfig, get_peft_model
+
+    modules = target_modules(model, config.target_modules)
+    lora = LoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora), modules
+
+
+def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

@@ -1,0 +1,277 @@
+"""Search spaces: which trial-config fields a study fixes, which it searches, and its baselines.
+
+A space is a YAML file (schema in search_spaces/README.md):
+
+    config:            # fixed TrialConfig fields for every trial
+      train_tokens: 150000
+    params:            # searched, in order; a param may depend on earlier categorical ones
+      method: {choices: [lora, full]}
+      rank: {type: int, low: 4, high: 64, log: true, when: {method: lora}}
+      lora_learning_rate: {field: learning_rate, low: 3.0e-4, high: 1.0e-2, log: true,
+                           when: {method: lora}}
+    baselines:         # trials enqueued first, in config-field terms
+      - {method: full, learning_rate: 3.0e-4}
+    sampler: {name: tpe, n_startup_trials: 6, multivariate: true, group: true, constant_liar: true}
+
+Conditional parameters get their own Optuna names (Optuna's idiom for conditional spaces), and
+`field` maps them onto the config field they set, so the LR of LoRA and of full FT can have
+different ranges without TPE mixing their distributions.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from lorasweep.config import ConfigError, TrialConfig, coerce, load_yaml
+
+SPACE_KEYS = ("config", "params", "baselines", "sampler")
+PARAM_KEYS = ("type", "field", "low", "high", "log", "step", "choices", "when")
+SAMPLERS = {
+    "tpe": {"n_startup_trials": int, "n_ei_candidates": int, "multivariate": bool, "group": bool,
+            "constant_liar": bool},
+    "random": {},
+}
+# Optuna 5 changed TPE's defaults; lorasweep states its own so a study's sampler never drifts.
+SAMPLER_DEFAULTS = {
+    "tpe": {"n_startup_trials": 8, "n_ei_candidates": 24, "multivariate": True, "group": True,
+            "constant_liar": True},
+    "random": {},
+}
+
+
+@dataclass
+class Param:
+    name: str  # Optuna parameter name
+    field: str  # TrialConfig field it sets
+    kind: str  # float, int or categorical
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list[Any] = field(default_factory=list)
+    when: dict[str, list[Any]] = field(default_factory=dict)
+
+    def active(self, values: dict[str, Any]) -> bool:
+        """Whether this param applies, given the values of the params before it."""
+        return all(name in values and values[name] in allowed for name, allowed in self.when.items())
+
+    def contains(self, value: Any) -> bool:
+        if self.kind == "categorical":
+            return value in self.choices
+        return self.low <= value <= self.high
+
+    def describe(self) -> str:
+        if self.kind == "categorical":
+            return "one of " + ", ".join(map(str, self.choices))
+        return f"{self.kind} in [{self.low}, {self.high}]" + (" (log)" if self.log else "")
+
+    def suggest(self, trial: optuna.Trial) -> Any:
+        if self.kind == "categorical":
+            return trial.suggest_categorical(self.name, self.choices)
+        if self.kind == "int":
+            return trial.suggest_int(self.name, self.low, self.high, step=self.step or 1, log=self.log)
+        return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
+
+
+@dataclass
+class SearchSpace:
+    path: Path
+    raw: dict[str, Any]  # the file as read, recorded with the study
+    config: dict[str, Any]
+    params: list[Param]
+    baselines: list[dict[str, Any]]  # as Optuna params, ready to enqueue
+    sampler: dict[str, Any]
+
+    def trial_config(self, values: dict[str, Any]) -> TrialConfig:
+        """The config of a trial whose Optuna params are `values`."""
+        fields = {}
+        for param in self.params:
+            if param.name in values:
+                fields[param.field] = values[param.name]
+        return TrialConfig.from_dict({**self.config, **fields}, str(self.path))
+
+    def suggest(self, trial: optuna.Trial) -> TrialConfig:
+        values: dict[str, Any] = {}
+        for param in self.params:
+            if param.active(values):
+                values[param.name] = param.suggest(trial)
+        return self.trial_config(values)
+
+    def make_sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        options = {k: v for k, v in self.sampler.items() if k != "name"}
+        if self.sampler["name"] == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        return optuna.samplers.TPESampler(seed=seed, **options)
+
+
+def load_space(path: Path) -> SearchSpace:
+    """Read and validate a search-space file; every problem is a one-line ConfigError."""
+    path = Path(path)
+    src = str(path)
+    raw = load_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{src}: a search space must be a mapping with keys {', '.join(SPACE_KEYS)}")
+    for key in raw:
+        if key not in SPACE_KEYS:
+            raise ConfigError(f"{src}: unknown key '{key}' (allowed: {', '.join(SPACE_KEYS)})")
+    config = raw.get("config") or {}
+    TrialConfig.from_dict(config, f"{src} config")  # fixed fields alone must already be valid
+    params = _parse_params(raw.get("params") or {}, config, src)
+    if not params:
+        raise ConfigError(f"{src}: 'params' is empty; a search space searches at least one field")
+    space = SearchSpace(path, raw, config, params, [], _parse_sampler(raw.get("sampler") or {}, src))
+    baselines = raw.get("baselines") or []
+    if not isinstance(baselines, list):
+        raise ConfigError(f"{src}: 'baselines' must be a list of mappings of field: value")
+    space.baselines = [_baseline(space, b, f"{src} baseline {i + 1}") for i, b in enumerate(baselines)]
+    return space
+
+
+def _parse_params(raw: Any, config: dict[str, Any], src: str) -> list[Param]:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{src}: 'params' must be a mapping of name: distribution")
+    hints = typing.get_type_hints(TrialConfig)
+    params: list[Param] = []
+    for name, spec in raw.items():
+        where = f"{src}: param '{name}'"
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where} must be a mapping (choices, or low/high); fix values under 'config'")
+        for key in spec:
+            if key not in PARAM_KEYS:
+                raise ConfigError(f"{where}: unknown key '{key}' (allowed: {', '.join(PARAM_KEYS)})")
+        target = spec.get("field", name)
+        if target not in hints or target == "world":
+            searchable = ", ".join(h for h in hints if h != "world")
+            raise ConfigError(f"{where}: '{target}' is not a trial-config field (searchable: {searchable})")
+        if target in config:
+            raise ConfigError(f"{where}: field '{target}' is both fixed under 'config' and searched")
+        kind = _field_type(hints[target])
+        params.append(_parse_distribution(name, target, kind, spec, where))
+        params[-1].when = _parse_when(spec.get("when"), params[:-1], where)
+    _check_exclusive(params, src)
+    return params
+
+
+def _parse_distribution(name: str, target: str, kind: type, spec: dict, where: str) -> Param:
+    if "choices" in spec:
+        choices = spec["choices"]
+        extra = [k for k in ("low", "high", "log", "step") if k in spec]
+        if extra:
+            raise ConfigError(f"{where}: '{extra[0]}' does not go with 'choices'")
+        if not isinstance(choices, list) or not choices:
+            raise ConfigError(f"{where}: 'choices' must be a non-empty list")
+        choices = [coerce(c, kind, where, target) for c in choices]
+        return Param(name, target, "categorical", choices=choices)
+    if "low" not in spec or "high" not in spec:
+        raise ConfigError(f"{where}: give 'choices', or both 'low' and 'high'")
+    declared = spec.get("type", "int" if kind is int else "float")
+    if declared not in ("int", "float") or (declared == "float" and kind is not float):
+        allowed = "int" if kind is int else "int, float"
+        raise ConfigError(f"{where}: type '{declared}' does not fit field '{target}' (allowed: {allowed})")
+    number = int if declared == "int" else float
+    low = coerce(spec["low"], number, where, "low")
+    high = coerce(spec["high"], number, where, "high")
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise ConfigError(f"{where}: 'log' is {log!r}; expected true or false")
+    if low > high:
+        raise ConfigError(f"{where}: low {low} is greater than high {high}")
+    if log and low <= 0:
+        raise ConfigError(f"{where}: a log scale needs low > 0 (got {low})")
+    step = spec.get("step")
+    if step is not None:
+        step = coerce(step, number, where, "step")
+        if step <= 0 or log:
+            raise ConfigError(f"{where}: 'step' must be > 0 and cannot be combined with log")
+    return Param(name, target, declared, low=low, high=high, log=log, step=step)
+
+
+def _parse_when(raw: Any, earlier: list[Param], where: str) -> dict[str, list[Any]]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{where}: 'when' must be a mapping of earlier param: value or [values]")
+    conditions = {}
+    by_name = {p.name: p for p in earlier}
+    for name, values in raw.items():
+        parent = by_name.get(name)
+        if parent is None or parent.kind != "categorical":
+            known = ", ".join(p.name for p in earlier if p.kind == "categorical") or "none"
+            raise ConfigError(
+                f"{where}: 'when' refers to '{name}', not an earlier categorical param (earlier: {known})"
+            )
+        values = values if isinstance(values, list) else [values]
+        for value in values:
+            if value not in parent.choices:
+                allowed = ", ".join(map(str, parent.choices))
+                raise ConfigError(f"{where}: 'when' value {value!r} is not a choice of '{name}' ({allowed})")
+        conditions[name] = values
+    return conditions
+
+
+def _check_exclusive(params: list[Param], src: str) -> None:
+    """Params that set the same field must never be active in the same trial."""
+    for i, a in enumerate(params):
+        for b in params[i + 1 :]:
+            if a.field != b.field:
+                continue
+            disjoint = any(
+                name in b.when and not set(a.when[name]) & set(b.when[name]) for name in a.when
+            )
+            if not disjoint:
+                raise ConfigError(
+                    f"{src}: params '{a.name}' and '{b.name}' both set '{a.field}' and can be active "
+                    "together; give them 'when' conditions on one param with different values"
+                )
+
+
+def _parse_sampler(raw: Any, src: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{src}: 'sampler' must be a mapping")
+    name = raw.get("name", "tpe")
+    if name not in SAMPLERS:
+        raise ConfigError(f"{src}: sampler name '{name}' is unknown (allowed: {', '.join(SAMPLERS)})")
+    options = dict(SAMPLER_DEFAULTS[name])
+    for key, value in raw.items():
+        if key == "name":
+            continue
+        if key not in SAMPLERS[name]:
+            allowed = ", ".join(SAMPLERS[name]) or "none"
+            raise ConfigError(f"{src}: unknown sampler option '{key}' for {name} (allowed: {allowed})")
+        options[key] = coerce(value, SAMPLERS[name][key], f"{src} sampler", key)
+    return {"name": name, **options}
+
+
+def _baseline(space: SearchSpace, raw: Any, where: str) -> dict[str, Any]:
+    """A baseline given as config fields, turned into the Optuna params that reproduce it."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be a mapping of field: value")
+    values: dict[str, Any] = {}
+    used = set()
+    for param in space.params:
+        if not param.active(values):
+            continue
+        if param.field not in raw:
+            raise ConfigError(f"{where}: no value for '{param.field}' (param '{param.name}' is active)")
+        value = raw[param.field]
+        if param.kind != "categorical":
+            value = coerce(value, float if param.kind == "float" else int, where, param.field)
+        if not param.contains(value):
+            raise ConfigError(f"{where}: '{param.field}' is {value!r}; param '{param.name}' is {param.describe()}")
+        values[param.name] = value
+        used.add(param.field)
+    unused = [k for k in raw if k not in used]
+    if unused:
+        raise ConfigError(f"{where}: '{unused[0]}' is not a param active in this baseline")
+    space.trial_config(values)
+    return values
+
+
+def _field_type(hint: Any) -> type:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint

@@ -1,0 +1,114 @@
+"""The training loop shared by every trial and by the base model's pretraining.
+
+A plain PyTorch loop, not `transformers.Trainer`: a sweep pays its overhead on every trial, and
+the loop stays on the device: no `.item()` per step, so the host never waits for the accelerator
+except at evaluation points, where the running loss is also checked for NaN/inf.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
+
+import torch
+
+from lorasweep.config import TrialConfig
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class TrainStats:
+    steps: int
+    tokens: int
+    train_s: float  # wall time of training alone, evaluation excluded
+    eval_s: float  # wall time spent in evaluation callbacks
+    train_loss: float  # mean loss over the last evaluation interval
+
+
+def make_optimizer(model: torch.nn.Module, config: TrialConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    fused = all(p.is_cuda for p in params)
+    return torch.optim.AdamW(
+        params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=fused or None
+    )
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrialConfig):
+    """The LR schedule; warmup is a share of the steps (transformers 5 has no warmup_ratio)."""
+    from transformers import get_scheduler
+
+    name = {"constant": "constant_with_warmup"}.get(config.schedule, config.schedule)
+    extra = {"min_lr_rate": config.min_lr_ratio} if config.schedule == "cosine_with_min_lr" else None
+    return get_scheduler(
+        name,
+        optimizer,
+        num_warmup_steps=round(config.warmup_ratio * config.steps),
+        num_training_steps=config.steps,
+        scheduler_specific_kwargs=extra,
+    )
+
+
+def train_loop(
+    model: torch.nn.Module,
+    batches: Iterable[torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler=None,
+    max_grad_norm: float = 1.0,
+    on_step: Callable[[int], None] | None = None,
+    checkpoints: Collection[int] = (),
+    on_checkpoint: Callable[[int, float], None] | None = None,
+) -> TrainStats:
+    """Train on packed `batches` (causal LM loss on every token).
+
+    After each step in `checkpoints`, `on_checkpoint(step, mean_loss)` runs (evaluation, reporting,
+    pruning); its time is counted apart from training time.
+    """
+    device = next(model.parameters()).device
+    params = [p for p in model.parameters() if p.requires_grad]
+    running = torch.zeros((), device=device)
+    interval_steps = 0
+    train_loss = math.nan
+    tokens = step = 0
+    eval_s = 0.0
+    start = time.perf_counter()
+    for step, input_ids in enumerate(batches, start=1):
+        input_ids = input_ids.to(device, non_blocking=True)
+        loss = model(input_ids=input_ids, labels=input_ids).loss
+        loss.backward()
+        if max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if scheduler is not None:
+            scheduler.step()
+        running += loss.detach()
+        interval_steps += 1
+        tokens += input_ids.numel()
+        if on_step is not None:
+            on_step(step)
+        if step in checkpoints:
+            train_loss = _checked_mean(running, interval_steps, step)
+            running.zero_()
+            interval_steps = 0
+            if on_checkpoint is not None:
+                t0 = time.perf_counter()
+                on_checkpoint(step, train_loss)
+                eval_s += time.perf_counter() - t0
+    if interval_steps:
+        train_loss = _checked_mean(running, interval_steps, step)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    train_s = time.perf_counter() - start - eval_s
+    return TrainStats(steps=step, tokens=tokens, train_s=train_s, eval_s=eval_s, train_loss=train_loss)
+
+
+def _checked_mean(running: torch.Tensor, n: int, step: int) -> float:
+    value = float(running) / n
+    if not math.isfinite(value):
+        raise NonFiniteLoss(f"training loss became {value} by step {step}")
+    return value

@@ -1,0 +1,91 @@
+"""Shared fixtures: a tiny world whose base model is built once per test session.
+
+The tiny world trains in about a second per trial; every test and every CLI subprocess shares its
+cached base model through LORASWEEP_CACHE_DIR.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lorasweep.config import WorldConfig
+
+TINY_WORLD = dict(
+    n_general=40,
+    n_domain=12,
+    n_attributes=2,
+    bios_per_person=3,
+    hidden_size=48,
+    n_layers=2,
+    n_heads=4,
+    pretrain_epochs=30,
+    pretrain_batch_size=16,
+    max_length=32,
+)
+
+TINY_SPACE = {
+    "config": {
+        "batch_size": 8,
+        "max_length": 32,
+        "train_tokens": 8192,
+        "eval_points": 2,
+        "world": TINY_WORLD,
+    },
+    "params": {
+        "method": {"choices": ["lora", "full"]},
+        "rank": {"type": "int", "low": 2, "high": 8, "log": True, "when": {"method": "lora"}},
+        "target_modules": {"choices": ["all-linear", "qv"], "when": {"method": "lora"}},
+        "lora_learning_rate": {
+            "field": "learning_rate", "low": 3.0e-3, "high": 3.0e-2, "log": True, "when": {"method": "lora"},
+        },
+        "full_learning_rate": {
+            "field": "learning_rate", "low": 3.0e-4, "high": 3.0e-3, "log": True, "when": {"method": "full"},
+        },
+    },
+    "baselines": [
+        {"method": "full", "learning_rate": 1.0e-3},
+        {"method": "lora", "rank": 4, "target_modules": "all-linear", "learning_rate": 1.0e-2},
+    ],
+    "sampler": {"name": "tpe", "n_startup_trials": 2},
+}
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cache")
+    os.environ["LORASWEEP_CACHE_DIR"] = str(path)  # for subprocesses and default_cache_dir()
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_world() -> WorldConfig:
+    return WorldConfig(**TINY_WORLD)
+
+
+@pytest.fixture(scope="session")
+def prepared(tiny_world, cache_dir):
+    from lorasweep.trial import prepare
+
+    return prepare(tiny_world, cache_dir)
+
+
+@pytest.fixture
+def tiny_space(tmp_path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY_SPACE, sort_keys=False))
+    return path
+
+
+def cli(*args: str, cwd: Path, env_cache: Path) -> subprocess.CompletedProcess:
+    """The real `lorasweep` command in a subprocess."""
+    env = {**os.environ, "LORASWEEP_CACHE_DIR": str(env_cache)}
+    return subprocess.run(
+        [sys.executable, "-m", "lorasweep", *args], cwd=cwd, env=env, capture_output=True, text=True,
+        timeout=600,
+    )

@@ -1,0 +1,142 @@
+"""The real CLI in a subprocess, on a real SQLite file, read back with optuna.load_study."""
+
+import json
+import math
+
+import optuna
+import pytest
+import yaml
+
+from conftest import cli
+
+RECORDED = {
+    "method", "domain_loss", "general_qa_acc", "general_qa_delta", "trainable_params", "trainable_pct",
+    "peak_mem_bytes", "train_tokens", "tokens_per_s", "wall_s", "seed", "config", "versions",
+    "learn_curve", "target_modules_resolved",
+}
+
+
+@pytest.fixture
+def two_trial_study(tmp_path, tiny_space, cache_dir, prepared):
+    storage = f"sqlite:///{tmp_path}/study.db"
+    result = cli("optimize", "--space", str(tiny_space), "--n-trials", "2", "--storage", storage,
+                 "--study", "tiny", cwd=tmp_path, env_cache=cache_dir)
+    assert result.returncode == 0, result.stderr
+    return storage, result
+
+
+def test_optimize_records_a_complete_study(two_trial_study):
+    storage, result = two_trial_study
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    assert study.metric_names == ["learn", "forget"]
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    trials = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
+    assert len(trials) == 2
+    # the two baselines run first: full FT, then LoRA rank 4 all-linear
+    assert [t.user_attrs["method"] for t in trials] == ["full", "lora"]
+    assert trials[1].user_attrs["target_modules_resolved"] == [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    for t in trials:
+        assert RECORDED <= set(t.user_attrs)
+        learn, forget = t.values
+        assert 0.0 <= learn <= 1.0 and math.isfinite(forget)
+        assert t.user_attrs["config"]["learning_rate"] == t.params.get("full_learning_rate",
+                                                                        t.params.get("lora_learning_rate"))
+        # intermediate learn values are stored (learning curves in the dashboard); the last is learn
+        assert len(t.intermediate_values) == 2
+        assert t.intermediate_values[max(t.intermediate_values)] == learn
+    full, lora = trials
+    assert full.user_attrs["trainable_pct"] == 100.0 and lora.user_attrs["trainable_pct"] < 100.0
+    assert study.user_attrs["sampler"]["name"] == "tpe"
+    assert study.user_attrs["sampler"]["multivariate"] is True
+    assert "base_metrics" in study.user_attrs
+    assert "Pareto front" in result.stdout and f"optuna-dashboard {storage}" in result.stdout
+
+
+def test_optimize_resumes_an_existing_study(two_trial_study, tmp_path, tiny_space, cache_dir):
+    storage, _ = two_trial_study
+    result = cli("optimize", "--space", str(tiny_space), "--n-trials", "1", "--storage", storage,
+                 "--study", "tiny", cwd=tmp_path, env_cache=cache_dir)
+    assert result.returncode == 0, result.stderr
+    assert "2 trials so far" in result.stdout
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    assert len(study.trials) == 3
+    assert [r["first_trial"] for r in study.user_attrs["sampler_runs"]] == [0, 2]
+
+
+def test_recorded_config_runs_again_with_the_same_result(two_trial_study, tmp_path, cache_dir):
+    storage, _ = two_trial_study
+    trial = optuna.load_study(study_name="tiny", storage=storage).trials[1]
+    path = tmp_path / "trial.yaml"
+    path.write_text(yaml.safe_dump(trial.user_attrs["config"]))
+    result = cli("run", "--config", str(path), "--json", cwd=tmp_path, env_cache=cache_dir)
+    assert result.returncode == 0, result.stderr
+    rerun = json.loads(result.stdout)
+    # on CPU, with fixed seeds and threads, a trial is exactly reproducible
+    assert (rerun["learn"], rerun["forget"]) == tuple(trial.values)
+
+
+def test_run_prints_learn_and_forget(tmp_path, cache_dir, tiny_world, prepared):
+    path = tmp_path / "trial.yaml"
+    path.write_text(yaml.safe_dump({"method": "full", "learning_rate": 1e-3, "batch_size": 8,
+                                    "max_length": 32, "train_tokens": 2048, "world": vars(tiny_world)}))
+    result = cli("run", "--config", str(path), cwd=tmp_path, env_cache=cache_dir)
+    assert result.returncode == 0, result.stderr
+    assert "learn" in result.stdout and "forget" in result.stdout and "trainable_pct" in result.stdout
+
+
+def space_with(tiny_space, path, value):
+    space = yaml.safe_load(tiny_space.read_text())
+    *parents, last = path.split(".")
+    node = space
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    tiny_space.write_text(yaml.safe_dump(space))
+    return tiny_space
+
+
+@pytest.mark.parametrize(
+    ("edit", "args", "message"),
+    [
+        (("bogus", 1), (), "unknown key 'bogus'"),
+        (("config.batch_size", "big"), (), "field 'batch_size' is 'big'; expected an integer"),
+        (("params.rank.low", 20), (), "param 'rank': low 20 is greater than high 8"),
+        (("params.method.choices", ["lora", "adapter"]), (), "'adapter'; allowed: full, lora"),
+        (("params.target_modules.choices", ["qkv"]), (), "'qkv'; allowed: all-linear, qv"),
+        (None, ("--space", "missing.yaml"), "missing.yaml: file not found"),
+        (None, ("--storage", "sqlite:/nope.db"), "--storage 'sqlite:/nope.db': not a storage URL"),
+        (None, ("--storage", "redis://localhost/0"), "not a storage URL"),
+        (None, ("--n-trials", "0"), "--n-trials is 0"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2_without_a_study(tmp_path, tiny_space, cache_dir, edit, args, message):
+    if edit is not None:
+        space_with(tiny_space, *edit)
+    storage = f"sqlite:///{tmp_path}/study.db"
+    result = cli("optimize", "--space", str(tiny_space), "--storage", storage, *args,
+                 cwd=tmp_path, env_cache=cache_dir)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / "study.db").exists()
+
+
+def test_bad_input_leaves_an_existing_study_unchanged(two_trial_study, tmp_path, tiny_space, cache_dir):
+    storage, _ = two_trial_study
+    before = optuna.load_study(study_name="tiny", storage=storage)
+    space_with(tiny_space, "params.rank.high", 16)  # a different space for the same study
+    result = cli("optimize", "--space", str(tiny_space), "--storage", storage, "--study", "tiny",
+                 cwd=tmp_path, env_cache=cache_dir)
+    assert result.returncode == 2 and "created with a different search space" in result.stderr
+    after = optuna.load_study(study_name="tiny", storage=storage)
+    assert len(after.trials) == len(before.trials) and after.user_attrs == before.user_attrs
+
+
+def test_run_with_a_bad_config_is_one_line(tmp_path, cache_dir):
+    path = tmp_path / "trial.yaml"
+    path.write_text("method: adapter\n")
+    result = cli("run", "--config", str(path), cwd=tmp_path, env_cache=cache_dir)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {path}: field 'method' is 'adapter'; allowed: full, lora"

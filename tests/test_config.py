@@ -1,0 +1,59 @@
+import pytest
+
+from lorasweep.config import ConfigError, TrialConfig
+
+
+def test_round_trip_through_yaml(tmp_path):
+    config = TrialConfig(method="full", learning_rate=3e-4, seed=7)
+    config.to_yaml(tmp_path / "trial.yaml")
+    assert TrialConfig.from_yaml(tmp_path / "trial.yaml") == config
+
+
+def test_yaml_exponent_without_dot_is_a_number(tmp_path):
+    (tmp_path / "t.yaml").write_text("learning_rate: 3e-4\n")  # PyYAML reads this as a string
+    assert TrialConfig.from_yaml(tmp_path / "t.yaml").learning_rate == 3e-4
+
+
+def test_alpha_resolves_from_ratio():
+    assert TrialConfig(rank=8, alpha_ratio=4.0).resolved().alpha == 32.0
+    assert TrialConfig(rank=8).resolved().alpha == 16.0
+    assert TrialConfig(rank=8, alpha=5.0).resolved().alpha == 5.0
+
+
+def test_steps_follow_token_budget():
+    assert TrialConfig(batch_size=16, max_length=64, train_tokens=150_000).steps == 146
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"methd": "lora"}, "unknown field 'methd'"),
+        ({"method": "adapter"}, "field 'method' is 'adapter'; allowed: full, lora"),
+        ({"target_modules": "everything"}, "field 'target_modules' is 'everything'; allowed: all-linear, qv"),
+        ({"rank": "eight"}, "field 'rank' is 'eight'; expected an integer"),
+        ({"rank": 0}, "field 'rank' is 0; allowed: an integer >= 1"),
+        ({"rank": 4.5}, "field 'rank' is 4.5; expected an integer"),
+        ({"learning_rate": "fast"}, "field 'learning_rate' is 'fast'; expected a number"),
+        ({"alpha": 8, "alpha_ratio": 2}, "set only one of alpha and alpha_ratio"),
+        ({"world": {"n_people": 3}}, "unknown field 'world.n_people'"),
+        ({"world": {"n_heads": 5}}, "field 'world.n_heads' is 5; allowed: a positive divisor"),
+        ({"train_tokens": 10}, "field 'train_tokens' is 10; allowed: at least one batch"),
+        ([1, 2], "must be a mapping"),
+    ],
+)
+def test_invalid_configs_name_the_field(data, message):
+    with pytest.raises(ConfigError, match=None) as info:
+        TrialConfig.from_dict(data, "trial.yaml")
+    text = str(info.value)
+    assert text.startswith("trial.yaml: ") and message in text and "\n" not in text
+
+
+def test_unreadable_files_are_one_line_errors(tmp_path):
+    with pytest.raises(ConfigError, match="missing.yaml: file not found"):
+        TrialConfig.from_yaml(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("method: [lora\n")
+    with pytest.raises(ConfigError, match="bad.yaml: invalid YAML at line"):
+        TrialConfig.from_yaml(tmp_path / "bad.yaml")
+    (tmp_path / "latin1.yaml").write_bytes("method: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="latin1.yaml: cannot read"):
+        TrialConfig.from_yaml(tmp_path / "latin1.yaml")
