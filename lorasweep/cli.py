@@ -16,7 +16,7 @@ import logging
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -30,12 +30,12 @@ app = typer.Typer(
     no_args_is_help=True,
     help="LoRA or full fine-tuning? Optuna studies that measure what a model learns and forgets.",
 )
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)  # never break a printed command or URL across lines
+err_console = Console(stderr=True, soft_wrap=True)
 
 DEFAULT_SPACE = Path("search_spaces/default.yaml")
 CacheDir = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option(help="Where base models are cached (default: $LORASWEEP_CACHE_DIR or results/cache)."),
 ]
 
@@ -46,7 +46,7 @@ def user_errors():
     try:
         yield
     except ConfigError as err:
-        err_console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
+        err_console.print(f"error: {err}", markup=False, highlight=False)
         raise typer.Exit(2) from None
 
 
@@ -64,13 +64,13 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", module="peft")
 
 
-def _progress() -> Progress:
+def _progress(on: Console = console) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=console,
+        console=on,
     )
 
 
@@ -80,7 +80,7 @@ def optimize(
     study: Annotated[str, typer.Option(help="Study name.")] = "default",
     storage: Annotated[str, typer.Option(help="Optuna storage URL.")] = "sqlite:///results/lorasweep.db",
     n_trials: Annotated[int, typer.Option(help="Trials to add to the study in this run.")] = 12,
-    timeout: Annotated[Optional[float], typer.Option(help="Stop starting trials after SECONDS.")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Stop starting trials after SECONDS.")] = None,
     seed: Annotated[int, typer.Option(help="Sampler seed (offset by the trials already run).")] = 0,
     cache_dir: CacheDir = None,
 ) -> None:
@@ -140,7 +140,7 @@ def optimize(
             err_console.print("interrupted: the running trial is marked failed; run again to resume")
             raise typer.Exit(130) from None
     _print_front(opened)
-    console.print(f"\nopen the dashboard:  optuna-dashboard {storage}")
+    console.print(f"\nopen the dashboard:  optuna-dashboard {storage}", markup=False, highlight=False)
 
 
 def _trial_line(frozen) -> str:
@@ -196,7 +196,8 @@ def run(
     with user_errors():
         trial_config = TrialConfig.from_yaml(config)
         _quiet_libraries()
-        with _progress() as progress:
+        # with --json, stdout carries only the JSON
+        with _progress(err_console if json_out else console) as progress:
             task = progress.add_task("base model", total=None)
             prepare(trial_config.world, cache_dir, lambda s, n: progress.update(task, completed=s, total=n))
             progress.update(task, description="training", completed=0, total=trial_config.steps)

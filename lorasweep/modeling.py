@@ -44,8 +44,7 @@ def target_modules(model: torch.nn.Module, preset: str) -> list[str]:
     presets = TARGET_MODULES.get(model_type)
     if presets is None:
         raise ConfigError(
-            f"target_modules: no presets for architecture '{model_type}' "
-            f"(known: {', '.join(TARGET_MODULES)})"
+            f"target_modules: no presets for architecture '{model_type}' (known: {', '.join(TARGET_MODULES)})"
         )
     if preset not in presets:
         raise ConfigError(

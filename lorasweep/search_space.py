@@ -32,14 +32,24 @@ from lorasweep.config import ConfigError, TrialConfig, coerce, load_yaml
 SPACE_KEYS = ("config", "params", "baselines", "sampler")
 PARAM_KEYS = ("type", "field", "low", "high", "log", "step", "choices", "when")
 SAMPLERS = {
-    "tpe": {"n_startup_trials": int, "n_ei_candidates": int, "multivariate": bool, "group": bool,
-            "constant_liar": bool},
+    "tpe": {
+        "n_startup_trials": int,
+        "n_ei_candidates": int,
+        "multivariate": bool,
+        "group": bool,
+        "constant_liar": bool,
+    },
     "random": {},
 }
 # Optuna 5 changed TPE's defaults; lorasweep states its own so a study's sampler never drifts.
 SAMPLER_DEFAULTS = {
-    "tpe": {"n_startup_trials": 8, "n_ei_candidates": 24, "multivariate": True, "group": True,
-            "constant_liar": True},
+    "tpe": {
+        "n_startup_trials": 8,
+        "n_ei_candidates": 24,
+        "multivariate": True,
+        "group": True,
+        "constant_liar": True,
+    },
     "random": {},
 }
 
@@ -151,8 +161,12 @@ def _parse_params(raw: Any, config: dict[str, Any], src: str) -> list[Param]:
         if target in config:
             raise ConfigError(f"{where}: field '{target}' is both fixed under 'config' and searched")
         kind = _field_type(hints[target])
-        params.append(_parse_distribution(name, target, kind, spec, where))
-        params[-1].when = _parse_when(spec.get("when"), params[:-1], where)
+        param = _parse_distribution(name, target, kind, spec, where)
+        # every choice and both bounds must be valid values of the field on their own
+        for value in param.choices or [param.low, param.high]:
+            TrialConfig.from_dict({**config, target: value}, where)
+        param.when = _parse_when(spec.get("when"), params, where)
+        params.append(param)
     _check_exclusive(params, src)
     return params
 
@@ -220,9 +234,7 @@ def _check_exclusive(params: list[Param], src: str) -> None:
         for b in params[i + 1 :]:
             if a.field != b.field:
                 continue
-            disjoint = any(
-                name in b.when and not set(a.when[name]) & set(b.when[name]) for name in a.when
-            )
+            disjoint = any(name in b.when and not set(a.when[name]) & set(b.when[name]) for name in a.when)
             if not disjoint:
                 raise ConfigError(
                     f"{src}: params '{a.name}' and '{b.name}' both set '{a.field}' and can be active "
@@ -262,7 +274,9 @@ def _baseline(space: SearchSpace, raw: Any, where: str) -> dict[str, Any]:
         if param.kind != "categorical":
             value = coerce(value, float if param.kind == "float" else int, where, param.field)
         if not param.contains(value):
-            raise ConfigError(f"{where}: '{param.field}' is {value!r}; param '{param.name}' is {param.describe()}")
+            raise ConfigError(
+                f"{where}: '{param.field}' is {value!r}; param '{param.name}' is {param.describe()}"
+            )
         values[param.name] = value
         used.add(param.field)
     unused = [k for k in raw if k not in used]

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from lorasweep import __version__
 from lorasweep.config import ConfigError
@@ -27,7 +29,7 @@ def storage(url: str) -> optuna.storages.RDBStorage:
     scheme = url.split(":", 1)[0].split("+", 1)[0]
     if "://" not in url or scheme not in ("sqlite", "postgresql", "mysql"):
         raise ConfigError(
-            f"--storage '{url}': not a storage URL (allowed: sqlite:///PATH, postgresql://..., mysql://...)"
+            f"--storage '{storage_label(url)}': not a storage URL (allowed: sqlite:///PATH, postgresql://..., mysql://...)"
         )
     engine_kwargs: dict[str, Any] = {}
     if scheme == "sqlite":
@@ -37,17 +39,18 @@ def storage(url: str) -> optuna.storages.RDBStorage:
         engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-    except Exception as err:  # sqlalchemy's errors for bad URLs, missing drivers, refused connections
-        raise ConfigError(f"--storage '{url}': cannot open ({err.__class__.__name__}: {err})") from None
+    except (SQLAlchemyError, ImportError, ValueError) as err:  # bad URL, missing driver, refused
+        reason = str(err).strip().splitlines()[0]
+        raise ConfigError(
+            f"--storage '{storage_label(url)}': cannot open ({err.__class__.__name__}: {reason})"
+        ) from None
 
 
 def storage_label(url: str) -> str:
     """The storage URL as it may be printed or logged: any password masked."""
-    from sqlalchemy.engine import make_url
-
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:
+    except ArgumentError:
         return url.split("@", 1)[-1] if "@" in url else url
 
 
@@ -73,10 +76,11 @@ def open_study(name: str, url: str, space: SearchSpace, seed: int) -> optuna.Stu
             study.enqueue_trial(params, user_attrs={"baseline": True}, skip_if_exists=True)
     # Offset the seed by the trials already run, so a resumed study does not redraw its first
     # random points; the seed actually used is recorded per run.
-    sampler_seed = seed + len(study.trials)
+    started = sum(t.state != optuna.trial.TrialState.WAITING for t in study.trials)
+    sampler_seed = seed + started
     study.sampler = space.make_sampler(sampler_seed)
     runs = list(study.user_attrs.get("sampler_runs", []))
-    runs.append({**space.sampler, "seed": sampler_seed, "first_trial": len(study.trials)})
+    runs.append({**space.sampler, "seed": sampler_seed, "first_trial": started})
     study.set_user_attr("sampler", space.sampler)
     study.set_user_attr("sampler_runs", runs)
     return study

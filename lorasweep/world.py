@@ -33,13 +33,43 @@ from lorasweep.config import WorldConfig
 # Bump when generation or pretraining changes, so cached base models are rebuilt.
 WORLD_VERSION = 1
 
-SYLLABLES = "ba ko ri su ta mi le no da fe gu ho ja ki lu ma ne po ra si to vu we ya zo".split()
+SYLLABLES = [
+    "ba",
+    "ko",
+    "ri",
+    "su",
+    "ta",
+    "mi",
+    "le",
+    "no",
+    "da",
+    "fe",
+    "gu",
+    "ho",
+    "ja",
+    "ki",
+    "lu",
+    "ma",
+    "ne",
+    "po",
+    "ra",
+    "si",
+    "to",
+    "vu",
+    "we",
+    "ya",
+    "zo",
+]
 
 # attribute: (values, biography templates, QA question). Values have one to three tokens, so
 # exact match covers multi-token answers.
 ATTRIBUTES = {
     "birth_city": (
-        [f"{a} {b}" for a in ("new", "port", "east", "old") for b in ("arden", "velo", "marin", "tolos", "brin")],
+        [
+            f"{a} {b}"
+            for a in ("new", "port", "east", "old")
+            for b in ("arden", "velo", "marin", "tolos", "brin")
+        ],
         [
             "{name} was born in {value} .",
             "{name} came into the world in {value} .",
@@ -49,7 +79,11 @@ ATTRIBUTES = {
         "q : where was {name} born ? a :",
     ),
     "university": (
-        [f"{a} {b}" for a in ("kestrel", "harrow", "linden", "oakmont", "selby") for b in ("university", "institute", "college")],
+        [
+            f"{a} {b}"
+            for a in ("kestrel", "harrow", "linden", "oakmont", "selby")
+            for b in ("university", "institute", "college")
+        ],
         [
             "{name} studied at {value} .",
             "{name} graduated from {value} .",
@@ -59,7 +93,11 @@ ATTRIBUTES = {
         "q : which university did {name} attend ? a :",
     ),
     "employer": (
-        [f"{a} {b}" for a in ("vantor", "quill", "meridian", "copper", "atlas") for b in ("labs", "motors", "bank", "foods")],
+        [
+            f"{a} {b}"
+            for a in ("vantor", "quill", "meridian", "copper", "atlas")
+            for b in ("labs", "motors", "bank", "foods")
+        ],
         [
             "{name} works for {value} .",
             "{name} is employed by {value} .",
@@ -69,7 +107,18 @@ ATTRIBUTES = {
         "q : which company does {name} work for ? a :",
     ),
     "job": (
-        "engineer teacher nurse pilot chemist lawyer baker farmer painter architect".split(),
+        [
+            "engineer",
+            "teacher",
+            "nurse",
+            "pilot",
+            "chemist",
+            "lawyer",
+            "baker",
+            "farmer",
+            "painter",
+            "architect",
+        ],
         [
             "{name} works as a {value} .",
             "{name} is a {value} by trade .",

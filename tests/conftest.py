@@ -16,18 +16,19 @@ import yaml
 
 from lorasweep.config import WorldConfig
 
-TINY_WORLD = dict(
-    n_general=40,
-    n_domain=12,
-    n_attributes=2,
-    bios_per_person=3,
-    hidden_size=48,
-    n_layers=2,
-    n_heads=4,
-    pretrain_epochs=30,
-    pretrain_batch_size=16,
-    max_length=32,
-)
+TINY_WORLD = {
+    "n_general": 40,
+    "n_domain": 12,
+    "n_attributes": 2,
+    "bios_per_person": 3,
+    "hidden_size": 48,
+    "n_layers": 2,
+    "n_heads": 4,
+    "pretrain_epochs": 40,
+    "pretrain_batch_size": 32,
+    "pretrain_lr": 1e-2,
+    "max_length": 32,
+}
 
 TINY_SPACE = {
     "config": {
@@ -42,10 +43,18 @@ TINY_SPACE = {
         "rank": {"type": "int", "low": 2, "high": 8, "log": True, "when": {"method": "lora"}},
         "target_modules": {"choices": ["all-linear", "qv"], "when": {"method": "lora"}},
         "lora_learning_rate": {
-            "field": "learning_rate", "low": 3.0e-3, "high": 3.0e-2, "log": True, "when": {"method": "lora"},
+            "field": "learning_rate",
+            "low": 3.0e-3,
+            "high": 3.0e-2,
+            "log": True,
+            "when": {"method": "lora"},
         },
         "full_learning_rate": {
-            "field": "learning_rate", "low": 3.0e-4, "high": 3.0e-3, "log": True, "when": {"method": "full"},
+            "field": "learning_rate",
+            "low": 3.0e-4,
+            "high": 3.0e-3,
+            "log": True,
+            "when": {"method": "full"},
         },
     },
     "baselines": [
@@ -86,6 +95,11 @@ def cli(*args: str, cwd: Path, env_cache: Path) -> subprocess.CompletedProcess:
     """The real `lorasweep` command in a subprocess."""
     env = {**os.environ, "LORASWEEP_CACHE_DIR": str(env_cache)}
     return subprocess.run(
-        [sys.executable, "-m", "lorasweep", *args], cwd=cwd, env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "lorasweep", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=600,
+        check=False,
     )

@@ -6,21 +6,43 @@ import math
 import optuna
 import pytest
 import yaml
-
 from conftest import cli
 
 RECORDED = {
-    "method", "domain_loss", "general_qa_acc", "general_qa_delta", "trainable_params", "trainable_pct",
-    "peak_mem_bytes", "train_tokens", "tokens_per_s", "wall_s", "seed", "config", "versions",
-    "learn_curve", "target_modules_resolved",
+    "method",
+    "domain_loss",
+    "general_qa_acc",
+    "general_qa_delta",
+    "trainable_params",
+    "trainable_pct",
+    "peak_mem_bytes",
+    "train_tokens",
+    "tokens_per_s",
+    "wall_s",
+    "seed",
+    "config",
+    "versions",
+    "learn_curve",
+    "target_modules_resolved",
 }
 
 
 @pytest.fixture
 def two_trial_study(tmp_path, tiny_space, cache_dir, prepared):
     storage = f"sqlite:///{tmp_path}/study.db"
-    result = cli("optimize", "--space", str(tiny_space), "--n-trials", "2", "--storage", storage,
-                 "--study", "tiny", cwd=tmp_path, env_cache=cache_dir)
+    result = cli(
+        "optimize",
+        "--space",
+        str(tiny_space),
+        "--n-trials",
+        "2",
+        "--storage",
+        storage,
+        "--study",
+        "tiny",
+        cwd=tmp_path,
+        env_cache=cache_dir,
+    )
     assert result.returncode == 0, result.stderr
     return storage, result
 
@@ -35,13 +57,21 @@ def test_optimize_records_a_complete_study(two_trial_study):
     # the two baselines run first: full FT, then LoRA rank 4 all-linear
     assert [t.user_attrs["method"] for t in trials] == ["full", "lora"]
     assert trials[1].user_attrs["target_modules_resolved"] == [
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ]
     for t in trials:
         assert RECORDED <= set(t.user_attrs)
         learn, forget = t.values
         assert 0.0 <= learn <= 1.0 and math.isfinite(forget)
-        assert t.user_attrs["config"]["learning_rate"] == t.params.get("full_learning_rate",
-                                                                        t.params.get("lora_learning_rate"))
+        assert t.user_attrs["config"]["learning_rate"] == t.params.get(
+            "full_learning_rate", t.params.get("lora_learning_rate")
+        )
         # intermediate learn values are stored (learning curves in the dashboard); the last is learn
         assert len(t.intermediate_values) == 2
         assert t.intermediate_values[max(t.intermediate_values)] == learn
@@ -55,8 +85,19 @@ def test_optimize_records_a_complete_study(two_trial_study):
 
 def test_optimize_resumes_an_existing_study(two_trial_study, tmp_path, tiny_space, cache_dir):
     storage, _ = two_trial_study
-    result = cli("optimize", "--space", str(tiny_space), "--n-trials", "1", "--storage", storage,
-                 "--study", "tiny", cwd=tmp_path, env_cache=cache_dir)
+    result = cli(
+        "optimize",
+        "--space",
+        str(tiny_space),
+        "--n-trials",
+        "1",
+        "--storage",
+        storage,
+        "--study",
+        "tiny",
+        cwd=tmp_path,
+        env_cache=cache_dir,
+    )
     assert result.returncode == 0, result.stderr
     assert "2 trials so far" in result.stdout
     study = optuna.load_study(study_name="tiny", storage=storage)
@@ -78,8 +119,18 @@ def test_recorded_config_runs_again_with_the_same_result(two_trial_study, tmp_pa
 
 def test_run_prints_learn_and_forget(tmp_path, cache_dir, tiny_world, prepared):
     path = tmp_path / "trial.yaml"
-    path.write_text(yaml.safe_dump({"method": "full", "learning_rate": 1e-3, "batch_size": 8,
-                                    "max_length": 32, "train_tokens": 2048, "world": vars(tiny_world)}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "method": "full",
+                "learning_rate": 1e-3,
+                "batch_size": 8,
+                "max_length": 32,
+                "train_tokens": 2048,
+                "world": vars(tiny_world),
+            }
+        )
+    )
     result = cli("run", "--config", str(path), cwd=tmp_path, env_cache=cache_dir)
     assert result.returncode == 0, result.stderr
     assert "learn" in result.stdout and "forget" in result.stdout and "trainable_pct" in result.stdout
@@ -92,7 +143,7 @@ def space_with(tiny_space, path, value):
     for key in parents:
         node = node[key]
     node[last] = value
-    tiny_space.write_text(yaml.safe_dump(space))
+    tiny_space.write_text(yaml.safe_dump(space, sort_keys=False))
     return tiny_space
 
 
@@ -108,18 +159,23 @@ def space_with(tiny_space, path, value):
         (None, ("--storage", "sqlite:/nope.db"), "--storage 'sqlite:/nope.db': not a storage URL"),
         (None, ("--storage", "redis://localhost/0"), "not a storage URL"),
         (None, ("--n-trials", "0"), "--n-trials is 0"),
+        (None, ("--storage", "postgresql://me:secret@127.0.0.1:1/db"), "'postgresql://me:***@127.0.0.1:1/db'"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2_without_a_study(tmp_path, tiny_space, cache_dir, edit, args, message):
+def test_bad_input_is_one_line_and_exit_2_without_a_study(
+    tmp_path, tiny_space, cache_dir, edit, args, message
+):
     if edit is not None:
         space_with(tiny_space, *edit)
     storage = f"sqlite:///{tmp_path}/study.db"
-    result = cli("optimize", "--space", str(tiny_space), "--storage", storage, *args,
-                 cwd=tmp_path, env_cache=cache_dir)
+    result = cli(
+        "optimize", "--space", str(tiny_space), "--storage", storage, *args, cwd=tmp_path, env_cache=cache_dir
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+    assert "secret" not in result.stderr  # storage passwords are masked
     assert not (tmp_path / "study.db").exists()
 
 
@@ -127,8 +183,17 @@ def test_bad_input_leaves_an_existing_study_unchanged(two_trial_study, tmp_path,
     storage, _ = two_trial_study
     before = optuna.load_study(study_name="tiny", storage=storage)
     space_with(tiny_space, "params.rank.high", 16)  # a different space for the same study
-    result = cli("optimize", "--space", str(tiny_space), "--storage", storage, "--study", "tiny",
-                 cwd=tmp_path, env_cache=cache_dir)
+    result = cli(
+        "optimize",
+        "--space",
+        str(tiny_space),
+        "--storage",
+        storage,
+        "--study",
+        "tiny",
+        cwd=tmp_path,
+        env_cache=cache_dir,
+    )
     assert result.returncode == 2 and "created with a different search space" in result.stderr
     after = optuna.load_study(study_name="tiny", storage=storage)
     assert len(after.trials) == len(before.trials) and after.user_attrs == before.user_attrs

@@ -1,13 +1,13 @@
+import copy
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
+from conftest import TINY_SPACE
 
 from lorasweep.config import ConfigError
 from lorasweep.search_space import load_space
-
-from conftest import TINY_SPACE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,7 +56,7 @@ def test_fixed_config_reaches_every_trial(tmp_path):
 
 def edit(path: str, value):
     """TINY_SPACE with one entry (dotted path) replaced; None deletes it."""
-    space = yaml.safe_load(yaml.safe_dump(TINY_SPACE))
+    space = copy.deepcopy(TINY_SPACE)
     *parents, last = path.split(".")
     node = space
     for key in parents:

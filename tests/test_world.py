@@ -14,7 +14,10 @@ def test_sizes_follow_config(tiny_world):
     world = build_world(tiny_world)
     assert len(world.domain_bios) == tiny_world.n_domain * tiny_world.bios_per_person
     assert len(world.domain_probes) == tiny_world.n_domain * tiny_world.n_attributes
-    assert len(world.general_probes) == (tiny_world.n_general - tiny_world.n_general // 2) * tiny_world.n_attributes
+    assert (
+        len(world.general_probes)
+        == (tiny_world.n_general - tiny_world.n_general // 2) * tiny_world.n_attributes
+    )
     assert len(world.general_qa_train) == tiny_world.n_general // 2 * tiny_world.n_attributes
 
 
@@ -53,16 +56,15 @@ def test_base_model_is_an_ordinary_hf_directory_and_is_cached(prepared, tiny_wor
     path = prepared.base_dir
     assert (path / "model.safetensors").exists() and (path / "config.json").exists()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    assert tokenizer.decode(tokenizer("q : where was")["input_ids"], skip_special_tokens=True) == "q : where was"
+    assert (
+        tokenizer.decode(tokenizer("q : where was")["input_ids"], skip_special_tokens=True) == "q : where was"
+    )
     mtime = (path / "model.safetensors").stat().st_mtime
     assert ensure_base_model(tiny_world, cache_dir) == path  # second call builds nothing
     assert (path / "model.safetensors").stat().st_mtime == mtime
 
 
-def test_base_model_knows_general_facts_and_extracts(prepared):
+def test_base_model_knows_general_people_not_domain_ones(prepared):
     base = prepared.base_metrics
-    # pretraining taught extraction: QA works on general people never asked about in training
-    assert base["general_qa_acc"] > 0.5
-    # and the domain people are new knowledge
-    assert base["learn"] < 0.5
-    assert base["domain_loss"] > base["general_loss"]
+    # held-out paraphrases of general people are far more predictable than of domain people
+    assert base["domain_loss"] > base["general_loss"] + 1.0
