@@ -20,9 +20,12 @@ from typing import Any
 
 import yaml
 
-METHODS = ("full", "lora")
-TARGET_PRESETS = ("all-linear", "qv")
-SCHEDULES = ("constant", "linear", "cosine", "cosine_with_min_lr")
+METHODS = ("full", "lora", "rslora", "dora", "qlora")
+ADAPTER_METHODS = ("lora", "rslora", "dora", "qlora")
+TARGET_PRESETS = ("all-linear", "attention", "qv", "mlp")
+QUANTIZATIONS = ("nf4", "int8")
+SCHEDULES = ("constant", "linear", "cosine", "cosine_with_min_lr", "warmup_stable_decay")
+LR_SCALINGS = ("none", "sqrt", "linear")
 
 
 class ConfigError(ValueError):
@@ -73,21 +76,33 @@ class WorldConfig:
 class TrialConfig:
     """Everything one trial trains and measures. No adapter settings apply when method is full."""
 
-    method: str = "lora"
+    method: str = "lora"  # full, or an adapter: lora, rslora, dora, qlora (LoRA on a quantised base)
     rank: int = 16
     alpha: float | None = None  # LoRA alpha; if unset, alpha_ratio x rank
     alpha_ratio: float | None = None  # alpha as a multiple of rank (default 2)
     target_modules: str = "all-linear"
     lora_dropout: float = 0.0
+    quantization: str = "nf4"  # qlora's base weights (bitsandbytes): 4-bit nf4 or 8-bit int8
     learning_rate: float = 1e-3
-    batch_size: int = 16
+    lr_scaling: str = "none"  # scale learning_rate by (batch / reference_batch_size): sqrt or linear
+    reference_batch_size: int = 16  # sequences per optimizer step that learning_rate is meant for
+    batch_size: int = 16  # sequences per forward pass
+    grad_accum: int = 1  # forward passes per optimizer step
     max_length: int = 64  # tokens per packed training sequence
-    train_tokens: int = 150_000  # token budget: the same for every method, so trials compare
+    # Budget: train_tokens, unless max_steps or epochs (passes over the domain text) is given.
+    # The same token budget for every method and replay ratio keeps trials comparable.
+    train_tokens: int = 150_000
+    max_steps: int | None = None
+    epochs: float | None = None
+    replay_ratio: float = 0.0  # share of training tokens that are general text (replay)
     schedule: str = "cosine"
     warmup_ratio: float = 0.1
-    min_lr_ratio: float = 0.1  # floor of cosine_with_min_lr, as a share of learning_rate
+    min_lr_ratio: float = 0.1  # floor of cosine_with_min_lr, as a share of the peak LR
+    decay_ratio: float = 0.2  # share of steps in the final decay of warmup_stable_decay
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0  # gradient clipping; 0 turns it off
+    lawa_k: int = 0  # LAWA: average of the last k snapshots, evaluated beside the final weights
+    lawa_interval: int = 10  # steps between LAWA snapshots
     eval_points: int = 4  # evaluations of learn during training (learning curves, pruning)
     seed: int = 0
     threads: int = 0  # torch CPU threads; 0 means every core
@@ -96,7 +111,9 @@ class TrialConfig:
     def validate(self, source: str) -> None:
         _check_choice(source, "method", self.method, METHODS)
         _check_choice(source, "target_modules", self.target_modules, TARGET_PRESETS)
+        _check_choice(source, "quantization", self.quantization, QUANTIZATIONS)
         _check_choice(source, "schedule", self.schedule, SCHEDULES)
+        _check_choice(source, "lr_scaling", self.lr_scaling, LR_SCALINGS)
         _check(source, self, "rank", self.rank >= 1, "an integer >= 1")
         _check(source, self, "alpha", self.alpha is None or self.alpha > 0, "a number > 0")
         _check(source, self, "alpha_ratio", self.alpha_ratio is None or self.alpha_ratio > 0, "a number > 0")
@@ -109,37 +126,77 @@ class TrialConfig:
         )
         _check(source, self, "lora_dropout", 0 <= self.lora_dropout < 1, "a number in [0, 1)")
         _check(source, self, "learning_rate", 0 < self.learning_rate < 1, "a number in (0, 1)")
+        _check(source, self, "reference_batch_size", self.reference_batch_size >= 1, "an integer >= 1")
         _check(source, self, "batch_size", self.batch_size >= 1, "an integer >= 1")
+        _check(source, self, "grad_accum", self.grad_accum >= 1, "an integer >= 1")
         _check(source, self, "max_length", self.max_length >= 8, "an integer >= 8")
         _check(
             source,
             self,
             "train_tokens",
-            self.train_tokens >= self.batch_size * self.max_length,
-            "at least one batch of tokens (batch_size x max_length)",
+            self.train_tokens >= self.tokens_per_step,
+            "at least one optimizer step of tokens (batch_size x grad_accum x max_length)",
         )
+        _check(source, self, "max_steps", self.max_steps is None or self.max_steps >= 1, "an integer >= 1")
+        _check(source, self, "epochs", self.epochs is None or self.epochs > 0, "a number > 0")
+        _check(
+            source,
+            self,
+            "epochs",
+            self.epochs is None or self.max_steps is None,
+            "set only one of max_steps and epochs",
+        )
+        _check(source, self, "replay_ratio", 0 <= self.replay_ratio < 1, "a number in [0, 1)")
         _check(source, self, "warmup_ratio", 0 <= self.warmup_ratio < 1, "a number in [0, 1)")
         _check(source, self, "min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "a number in [0, 1]")
+        _check(
+            source,
+            self,
+            "decay_ratio",
+            0 < self.decay_ratio <= 1 - self.warmup_ratio,
+            "a number in (0, 1 - warmup_ratio]",
+        )
         _check(source, self, "weight_decay", self.weight_decay >= 0, "a number >= 0")
         _check(source, self, "max_grad_norm", self.max_grad_norm >= 0, "a number >= 0")
+        _check(source, self, "lawa_k", self.lawa_k >= 0, "an integer >= 0 (0 turns LAWA off)")
+        _check(source, self, "lawa_interval", self.lawa_interval >= 1, "an integer >= 1")
         _check(source, self, "eval_points", self.eval_points >= 0, "an integer >= 0")
         _check(source, self, "seed", self.seed >= 0, "an integer >= 0")
         _check(source, self, "threads", self.threads >= 0, "an integer >= 0")
         self.world.validate(source)
 
     @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.grad_accum * self.max_length
+
+    @property
     def steps(self) -> int:
         """Optimizer steps the token budget buys."""
-        return self.train_tokens // (self.batch_size * self.max_length)
+        return self.train_tokens // self.tokens_per_step
 
-    def resolved(self) -> TrialConfig:
-        """The config with derived values filled in (alpha), as a trial records it."""
-        if self.method == "full":
-            return self
-        if self.alpha is not None:
-            return self
-        ratio = 2.0 if self.alpha_ratio is None else self.alpha_ratio
-        return dataclasses.replace(self, alpha=ratio * self.rank, alpha_ratio=None)
+    @property
+    def peak_lr(self) -> float:
+        """learning_rate scaled from reference_batch_size to this batch (the practice rule)."""
+        ratio = self.batch_size * self.grad_accum / self.reference_batch_size
+        power = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}[self.lr_scaling]
+        return self.learning_rate * ratio**power
+
+    def resolved(self, domain_tokens: int) -> TrialConfig:
+        """The config as a trial records it: alpha and the token budget filled in.
+
+        `domain_tokens` is the size of one pass over the domain text, which `epochs` counts in;
+        with replay, that pass is the domain share of the stream.
+        """
+        config = self
+        if config.method in ADAPTER_METHODS and config.alpha is None:
+            ratio = 2.0 if config.alpha_ratio is None else config.alpha_ratio
+            config = dataclasses.replace(config, alpha=ratio * config.rank, alpha_ratio=None)
+        if config.max_steps is not None:
+            config = dataclasses.replace(config, train_tokens=config.max_steps * config.tokens_per_step)
+        elif config.epochs is not None:
+            tokens = config.epochs * domain_tokens / (1 - config.replay_ratio)
+            config = dataclasses.replace(config, train_tokens=max(round(tokens), config.tokens_per_step))
+        return config
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -31,22 +31,49 @@ def tokenize_documents(tokenizer, texts: Sequence[str]) -> list[list[int]]:
 
 
 def pack_epochs(
-    docs: Sequence[Sequence[int]], batch_size: int, max_length: int, steps: int, seed: int
+    docs: Sequence[Sequence[int]],
+    batch_size: int,
+    max_length: int,
+    batches: int,
+    seed: int,
+    replay: Sequence[Sequence[int]] = (),
+    replay_ratio: float = 0.0,
 ) -> Iterator[torch.Tensor]:
-    """`steps` batches of packed rows; the documents are reshuffled every epoch."""
+    """`batches` batches of packed rows; each document pool is reshuffled every epoch.
+
+    With replay, documents from `replay` are interleaved so that their share of the tokens so far
+    stays at `replay_ratio` (the mixture setting of the critical-mixture-ratio paper): the total
+    budget is fixed and replay takes its share of it.
+    """
     if not docs:
         raise ValueError("no training documents to pack")
-    rng = random.Random(seed)
-    order = list(range(len(docs)))
+    if replay_ratio > 0 and not replay:
+        raise ValueError("replay_ratio > 0 needs replay documents")
+    domain_docs = _epochs(docs, random.Random(seed))
+    replay_docs = _epochs(replay, random.Random(seed + 1)) if replay_ratio > 0 else None
+    replayed = total = 0
     buffer: list[int] = []
     per_batch = batch_size * max_length
-    for _ in range(steps):
+    for _ in range(batches):
         while len(buffer) < per_batch:
-            rng.shuffle(order)
-            for i in order:
-                buffer.extend(docs[i])
+            if replay_docs is not None and replayed < replay_ratio * total:
+                doc = next(replay_docs)
+                replayed += len(doc)
+            else:
+                doc = next(domain_docs)
+            total += len(doc)
+            buffer.extend(doc)
         yield torch.tensor(buffer[:per_batch]).view(batch_size, max_length)
         del buffer[:per_batch]
+
+
+def _epochs(docs: Sequence[Sequence[int]], rng: random.Random) -> Iterator[Sequence[int]]:
+    """The documents forever, in a new order every epoch."""
+    order = list(range(len(docs)))
+    while True:
+        rng.shuffle(order)
+        for i in order:
+            yield docs[i]
 
 
 def loss_batches(docs: Sequence[Sequence[int]], batch_size: int, pad_id: int) -> list[Batch]:

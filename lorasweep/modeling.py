@@ -16,16 +16,27 @@ from lorasweep.config import ConfigError, TrialConfig
 
 # Target-module presets per architecture. A preset an architecture cannot express (q,v only on a
 # fused QKV projection) is absent, and asking for it is an error, never a silent substitute.
+# Names are suffixes PEFT matches on module paths ("attn.c_proj" is GPT-2's attention output only).
 _LLAMA_LIKE = {
     "all-linear": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
     "qv": ["q_proj", "v_proj"],
+    "mlp": ["gate_proj", "up_proj", "down_proj"],
 }
 TARGET_MODULES = {
     "llama": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
-    "gpt_neox": {"all-linear": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]},
-    "gpt2": {"all-linear": ["c_attn", "c_proj", "c_fc"]},
+    "gpt_neox": {
+        "all-linear": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+        "attention": ["query_key_value", "attention.dense"],
+        "mlp": ["dense_h_to_4h", "dense_4h_to_h"],
+    },
+    "gpt2": {
+        "all-linear": ["c_attn", "c_proj", "c_fc"],
+        "attention": ["attn.c_attn", "attn.c_proj"],
+        "mlp": ["mlp.c_fc", "mlp.c_proj"],
+    },
 }
 
 
@@ -54,25 +65,58 @@ def target_modules(model: torch.nn.Module, preset: str) -> list[str]:
     return presets[preset]
 
 
-def trial_model(base: torch.nn.Module, config: TrialConfig) -> tuple[torch.nn.Module, list[str]]:
-    """A fresh trainable copy of `base` for this trial, and the module names LoRA was put on."""
-    model = copy.deepcopy(base)
-    model.train()
+def trial_model(
+    base: torch.nn.Module, config: TrialConfig, base_dir: Path
+) -> tuple[torch.nn.Module, list[str]]:
+    """A fresh trainable model for this trial, and the module names the adapter was put on.
+
+    Full FT and LoRA variants start from a deep copy of the in-memory base. QLoRA needs the base
+    quantised at load time, so it loads `base_dir` again with a bitsandbytes config.
+    """
     if config.method == "full":
+        model = copy.deepcopy(base).train()
         for p in model.parameters():
             p.requires_grad_(True)
         return model, []
     from peft import LoraConfig, get_peft_model
 
-    modules = target_modules(model, config.target_modules)
+    modules = target_modules(base, config.target_modules)
+    if config.method == "qlora":
+        model = load_quantized(base_dir, config.quantization, next(base.parameters()).device)
+    else:
+        model = copy.deepcopy(base)
+    model.train()
     lora = LoraConfig(
         r=config.rank,
         lora_alpha=config.alpha,
         lora_dropout=config.lora_dropout,
         target_modules=modules,
+        use_rslora=config.method == "rslora",
+        use_dora=config.method == "dora",
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora), modules
+
+
+def load_quantized(path: Path, quantization: str, device: torch.device) -> torch.nn.Module:
+    """The base with its linear layers in 4-bit NF4 or 8-bit (bitsandbytes), the rest in fp32."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    if quantization == "nf4":
+        quant = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
+        )
+    else:
+        quant = BitsAndBytesConfig(load_in_8bit=True)
+    return AutoModelForCausalLM.from_pretrained(
+        path, use_safetensors=True, dtype=torch.float32, quantization_config=quant, device_map=str(device)
+    )
+
+
+def model_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the model's weights as stored (4-bit and 8-bit weights count as packed)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:

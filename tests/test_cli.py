@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import optuna
 import pytest
@@ -153,13 +154,21 @@ def space_with(tiny_space, path, value):
         (("bogus", 1), (), "unknown key 'bogus'"),
         (("config.batch_size", "big"), (), "field 'batch_size' is 'big'; expected an integer"),
         (("params.rank.low", 20), (), "param 'rank': low 20 is greater than high 8"),
-        (("params.method.choices", ["lora", "adapter"]), (), "'adapter'; allowed: full, lora"),
-        (("params.target_modules.choices", ["qkv"]), (), "'qkv'; allowed: all-linear, qv"),
+        (
+            ("params.method.choices", ["lora", "adapter"]),
+            (),
+            "'adapter'; allowed: full, lora, rslora, dora, qlora",
+        ),
+        (("params.target_modules.choices", ["qkv"]), (), "'qkv'; allowed: all-linear, attention, qv, mlp"),
         (None, ("--space", "missing.yaml"), "missing.yaml: file not found"),
         (None, ("--storage", "sqlite:/nope.db"), "--storage 'sqlite:/nope.db': not a storage URL"),
         (None, ("--storage", "redis://localhost/0"), "not a storage URL"),
         (None, ("--n-trials", "0"), "--n-trials is 0"),
-        (None, ("--storage", "postgresql://me:secret@127.0.0.1:1/db"), "'postgresql://me:***@127.0.0.1:1/db'"),
+        (
+            None,
+            ("--storage", "postgresql://me:secret@127.0.0.1:1/db"),
+            "'postgresql://me:***@127.0.0.1:1/db'",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2_without_a_study(
@@ -204,4 +213,45 @@ def test_run_with_a_bad_config_is_one_line(tmp_path, cache_dir):
     path.write_text("method: adapter\n")
     result = cli("run", "--config", str(path), cwd=tmp_path, env_cache=cache_dir)
     assert result.returncode == 2
-    assert result.stderr.strip() == f"error: {path}: field 'method' is 'adapter'; allowed: full, lora"
+    assert result.stderr.strip() == (
+        f"error: {path}: field 'method' is 'adapter'; allowed: full, lora, rslora, dora, qlora"
+    )
+
+
+SHIPPED = sorted((Path(__file__).resolve().parents[1] / "search_spaces").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("shipped", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_space_runs_on_the_test_world(shipped, tmp_path, cache_dir, tiny_world, prepared):
+    space = yaml.safe_load(shipped.read_text())
+    assert (
+        shipped.read_text().startswith("# Question:") and "# Run:  lorasweep optimize" in shipped.read_text()
+    )
+    tiny = {
+        "world": vars(tiny_world),
+        "batch_size": 8,
+        "max_length": 32,
+        "train_tokens": 4096,
+        "eval_points": 2,
+    }
+    space["config"].update({k: v for k, v in tiny.items() if k not in space["params"]})
+    path = tmp_path / shipped.name
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    storage = f"sqlite:///{tmp_path}/study.db"
+    result = cli(
+        "optimize",
+        "--space",
+        str(path),
+        "--n-trials",
+        "2",
+        "--storage",
+        storage,
+        cwd=tmp_path,
+        env_cache=cache_dir,
+    )
+    assert result.returncode == 0, result.stderr
+    trials = optuna.load_study(study_name="default", storage=storage).trials
+    ran = [t for t in trials if t.state != optuna.trial.TrialState.WAITING]  # baselines may wait their turn
+    assert [t.state.name for t in ran] == ["COMPLETE", "COMPLETE"], [
+        t.user_attrs.get("fail_reason") for t in ran
+    ]

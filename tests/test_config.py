@@ -15,9 +15,10 @@ def test_yaml_exponent_without_dot_is_a_number(tmp_path):
 
 
 def test_alpha_resolves_from_ratio():
-    assert TrialConfig(rank=8, alpha_ratio=4.0).resolved().alpha == 32.0
-    assert TrialConfig(rank=8).resolved().alpha == 16.0
-    assert TrialConfig(rank=8, alpha=5.0).resolved().alpha == 5.0
+    assert TrialConfig(rank=8, alpha_ratio=4.0).resolved(0).alpha == 32.0
+    assert TrialConfig(rank=8).resolved(0).alpha == 16.0
+    assert TrialConfig(rank=8, alpha=5.0).resolved(0).alpha == 5.0
+    assert TrialConfig(method="full", rank=8).resolved(0).alpha is None
 
 
 def test_steps_follow_token_budget():
@@ -28,8 +29,11 @@ def test_steps_follow_token_budget():
     ("data", "message"),
     [
         ({"methd": "lora"}, "unknown field 'methd'"),
-        ({"method": "adapter"}, "field 'method' is 'adapter'; allowed: full, lora"),
-        ({"target_modules": "everything"}, "field 'target_modules' is 'everything'; allowed: all-linear, qv"),
+        ({"method": "adapter"}, "field 'method' is 'adapter'; allowed: full, lora, rslora, dora, qlora"),
+        (
+            {"target_modules": "everything"},
+            "field 'target_modules' is 'everything'; allowed: all-linear, attention, qv, mlp",
+        ),
         ({"rank": "eight"}, "field 'rank' is 'eight'; expected an integer"),
         ({"rank": 0}, "field 'rank' is 0; allowed: an integer >= 1"),
         ({"rank": 4.5}, "field 'rank' is 4.5; expected an integer"),
@@ -37,7 +41,7 @@ def test_steps_follow_token_budget():
         ({"alpha": 8, "alpha_ratio": 2}, "set only one of alpha and alpha_ratio"),
         ({"world": {"n_people": 3}}, "unknown field 'world.n_people'"),
         ({"world": {"n_heads": 5}}, "field 'world.n_heads' is 5; allowed: a positive divisor"),
-        ({"train_tokens": 10}, "field 'train_tokens' is 10; allowed: at least one batch"),
+        ({"train_tokens": 10}, "field 'train_tokens' is 10; allowed: at least one optimizer step"),
         ([1, 2], "must be a mapping"),
     ],
 )

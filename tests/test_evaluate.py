@@ -59,5 +59,5 @@ def test_forget_of_unchanged_base_model_is_zero(prepared):
     again = evaluate_model(copy.deepcopy(prepared.base), prepared)
     assert again["general_loss"] - prepared.base_metrics["general_loss"] == 0.0
     # a fresh LoRA adapter starts as the identity (B = 0): nothing forgotten before training
-    lora, _ = trial_model(prepared.base, TrialConfig(method="lora", rank=4, alpha=8.0))
+    lora, _ = trial_model(prepared.base, TrialConfig(method="lora", rank=4, alpha=8.0), prepared.base_dir)
     assert evaluate_model(lora, prepared)["general_loss"] == prepared.base_metrics["general_loss"]

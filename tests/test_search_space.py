@@ -75,7 +75,11 @@ def edit(path: str, value):
         ("params.rank.hi", 3, "param 'rank': unknown key 'hi'"),
         ("params.rank.low", 9, "param 'rank': low 9 is greater than high 8"),
         ("params.rank.low", "two", "field 'low' is 'two'; expected an integer"),
-        ("params.method.choices", ["lora", "adapter"], "field 'method' is 'adapter'; allowed: full, lora"),
+        (
+            "params.method.choices",
+            ["lora", "adapter"],
+            "field 'method' is 'adapter'; allowed: full, lora, rslora",
+        ),
         ("params.target_modules.choices", ["all-linear", "every"], "field 'target_modules' is 'every'"),
         ("params.rank.when", {"methd": "lora"}, "'when' refers to 'methd'"),
         ("params.rank.when", {"method": "dora"}, "'when' value 'dora' is not a choice of 'method'"),

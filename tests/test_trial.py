@@ -51,7 +51,7 @@ def test_non_finite_loss_stops_training_at_the_next_checkpoint(prepared):
     model = copy.deepcopy(prepared.base).train()
     with torch.no_grad():
         model.model.norm.weight[0] = float("nan")  # as a diverged update would leave it
-    batches = pack_epochs(prepared.train_docs, 4, 32, steps=6, seed=0)
+    batches = pack_epochs(prepared.train_docs, 4, 32, batches=6, seed=0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     reached = []
     with pytest.raises(NonFiniteLoss, match="training loss became nan by step 3"):
