@@ -48,7 +48,7 @@ def lawa(base: TrialConfig) -> None:
     )
     runs = (("lora", LORA, 1e-2), ("lora", LORA, 3e-2), ("full", FULL, 1e-3), ("full", FULL, 3e-3))
     for name, fields, lr in runs:
-        config = dataclasses.replace(base, **fields, learning_rate=lr, lawa_k=4, lawa_interval=10)
+        config = dataclasses.replace(base, **{**fields, "learning_rate": lr}, lawa_k=4, lawa_interval=10)
         r = run_trial(config)
         print(
             f"| {name} | {lr:.0e} | {r['learn']:.3f} | {r['lawa_learn']:.3f} | {r['forget']:+.3f} "

@@ -139,49 +139,95 @@ def optimize(
             progress.stop()
             err_console.print("interrupted: the running trial is marked failed; run again to resume")
             raise typer.Exit(130) from None
-    _print_front(opened)
+    _print_best(opened)
     console.print(f"\nopen the dashboard:  optuna-dashboard {storage}", markup=False, highlight=False)
 
 
 def _trial_line(frozen) -> str:
     attrs = frozen.user_attrs
-    if frozen.values is None:
-        reason = attrs.get("fail_reason", "see the study")
+    if frozen.state.name != "COMPLETE":
+        reason = attrs.get("fail_reason") or attrs.get("prune_reason") or "see the study"
         return f"trial {frozen.number}: {frozen.state.name.lower()} ({reason})"
-    learn, forget = frozen.values
     return (
         f"trial {frozen.number}: {_describe(attrs.get('config', {}))}  "
-        f"learn {learn:.3f}  forget {forget:+.3f}  ({attrs.get('wall_s', 0):.0f}s)"
+        f"learn {frozen.values[0]:.3f}  forget {_forget(frozen):+.3f}  ({attrs.get('wall_s', 0):.0f}s)"
     )
+
+
+def _forget(frozen) -> float:
+    """forget is the second objective of a pareto study and a user attr of a constrained one."""
+    return frozen.values[1] if len(frozen.values) > 1 else frozen.user_attrs.get("forget", float("nan"))
 
 
 def _describe(config: dict) -> str:
     if config.get("method") == "full":
         return f"full lr={config.get('learning_rate', 0):.1e}"
     return (
-        f"{config.get('method')} r={config.get('rank')} a={config.get('alpha', 0):g} "
+        f"{config.get('method')} r={config.get('rank')} a={config.get('alpha') or 0:g} "
         f"{config.get('target_modules')} lr={config.get('learning_rate', 0):.1e}"
     )
 
 
-def _print_front(study) -> None:
-    front = sorted(study.best_trials, key=lambda t: -t.values[0])
-    table = Table(title=f"Pareto front of '{study.study_name}' (learn up, forget down)")
+def _print_best(study) -> None:
+    from lorasweep.study import best_trials, objective_of
+
+    trials = best_trials(study)
+    if objective_of(study) == "constrained":
+        tolerance = study.user_attrs.get("forget_tolerance")
+        title = f"Best feasible trial of '{study.study_name}' (max learn, forget <= {tolerance})"
+    else:
+        title = f"Pareto front of '{study.study_name}' (learn up, forget down)"
+    if not trials:
+        console.print(f"{title}: no completed feasible trial yet", markup=False)
+        return
+    table = Table(title=title)
     for column in ("trial", "method", "rank", "targets", "lr", "learn", "forget"):
-        table.add_column(column, justify="right" if column not in ("method", "targets") else "left")
-    for t in front:
-        c = t.user_attrs.get("config", {})
+        table.add_column(column, justify="left" if column in ("method", "targets") else "right")
+    for t in trials:
+        c = t.user_attrs.get("config") or {}
         lora = c.get("method") != "full"
+        lr = c.get("learning_rate")
         table.add_row(
             str(t.number),
             str(c.get("method", "?")),
             str(c.get("rank")) if lora else "-",
             str(c.get("target_modules")) if lora else "-",
-            f"{c.get('learning_rate', float('nan')):.2e}",
+            f"{lr:.2e}" if lr is not None else "?",
             f"{t.values[0]:.3f}",
-            f"{t.values[1]:+.3f}",
+            f"{_forget(t):+.3f}",
         )
     console.print(table)
+
+
+@app.command()
+def best(
+    study: Annotated[str | None, typer.Option(help="Study name (optional if the storage holds one).")] = None,
+    storage: Annotated[str, typer.Option(help="Optuna storage URL.")] = "sqlite:///results/lorasweep.db",
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Print the Pareto front (pareto) or the best feasible trial (constrained)."""
+    from lorasweep.study import best_trials, load_study, objective_of
+
+    with user_errors():
+        _quiet_libraries()
+        loaded = load_study(storage, study)
+    if not json_out:
+        _print_best(loaded)
+        return
+    trials = [
+        {
+            "trial": t.number,
+            "params": t.params,
+            "values": {"learn": t.values[0], "forget": _forget(t)},
+            "config": t.user_attrs.get("config"),
+        }
+        for t in best_trials(loaded)
+    ]
+    print(
+        json.dumps(
+            {"study": loaded.study_name, "objective": objective_of(loaded), "trials": trials}, indent=2
+        )
+    )
 
 
 @app.command()

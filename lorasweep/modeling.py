@@ -119,8 +119,13 @@ def model_bytes(model: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
+def parameter_counts(model: torch.nn.Module, base: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameters; total is the base's count plus any adapter.
+
+    Counting from the unquantised base keeps QLoRA honest: bitsandbytes stores 4-bit weights
+    packed, so their tensors hold fewer elements than the layer has parameters.
+    """
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return trainable, total
+    base_total = sum(p.numel() for p in base.parameters())
+    adapter = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    return trainable, base_total + adapter

@@ -1,10 +1,13 @@
 """The Optuna objective: sample a config, run the trial, record everything on the trial.
 
-    objective(trial) -> (learn, forget)
+    objective(trial) -> (learn, forget)       # objective: pareto
+    objective(trial) -> learn                 # objective: constrained (forget <= tolerance)
 
 Every value `run_trial` returns is stored as a user attr (the resolved config included), and the
 intermediate learn values become the trial's intermediate values, so learning curves show in
-optuna-dashboard.
+optuna-dashboard. With `objective: constrained`, a pruner may stop a trial at an intermediate
+evaluation; with `objective: pareto`, the dominance pruner (lorasweep/pruning.py) may. A pruned
+trial records the step and the reason.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 import optuna
 
 from lorasweep.config import ConfigError
+from lorasweep.pruning import should_prune
 from lorasweep.search_space import SearchSpace
 from lorasweep.train import NonFiniteLoss
 from lorasweep.trial import run_trial
@@ -28,23 +32,67 @@ def make_objective(
     space: SearchSpace,
     on_step: Callable[[int, int], None] | None = None,
     cache_dir: Path | None = None,
-) -> Callable[[optuna.Trial], tuple[float, float]]:
-    def objective(trial: optuna.Trial) -> tuple[float, float]:
+) -> Callable[[optuna.Trial], float | tuple[float, float]]:
+    """(learn, forget) for a pareto space; learn, with forget <= tolerance as a constraint, else."""
+    constrained = space.objective == "constrained"
+    dominance = space.pruner["name"] == "dominance"
+
+    def objective(trial: optuna.Trial) -> float | tuple[float, float]:
+        evaluations = 0
+
+        def on_eval(step: int, learn: float, forget: float) -> None:
+            nonlocal evaluations
+            index, evaluations = evaluations, evaluations + 1
+            report(trial, step, learn)
+            if constrained and trial.should_prune():
+                prune(trial, step, f"{space.pruner['name']} pruner: learn {learn:.3f} at step {step}")
+            if dominance:
+                k, warmup = space.pruner["k"], space.pruner["warmup_points"]
+                if should_prune((learn, forget), index, completed_curves(trial.study), k, warmup):
+                    trial.set_user_attr(
+                        "pruned_point", {"learn": learn, "forget": forget, "evaluation": index}
+                    )
+                    prune(
+                        trial,
+                        step,
+                        f"dominance pruner: (learn {learn:.3f}, forget {forget:+.3f}) at "
+                        f"evaluation {index + 1} (step {step}) dominated by >= {k} completed trials",
+                    )
+
         try:
             config = space.suggest(trial)
             trial.set_user_attr("method", config.method)
-            result = run_trial(
-                config, on_step=on_step, on_eval=lambda s, v: report(trial, s, v), cache_dir=cache_dir
-            )
+            trial.set_user_attr("config", config.to_dict())  # replaced by the resolved one below
+            result = run_trial(config, on_step=on_step, on_eval=on_eval, cache_dir=cache_dir)
         except TRIAL_FAILURES as err:
             trial.set_user_attr("fail_reason", f"{err.__class__.__name__}: {err}")
             raise
+        report(trial, result["train_steps"], result["learn"])  # the last point of the learning curve
         for key, value in result.items():
-            if key not in ("learn", "forget"):
-                trial.set_user_attr(key, value)
+            trial.set_user_attr(key, value)
+        if constrained:
+            trial.set_constraint("forget", result["forget"] - space.forget_tolerance)
+            return result["learn"]
         return result["learn"], result["forget"]
 
     return objective
+
+
+def prune(trial: optuna.Trial, step: int, reason: str) -> None:
+    trial.set_user_attr("pruned_at_step", step)
+    trial.set_user_attr("prune_reason", reason)
+    raise optuna.TrialPruned(reason)
+
+
+def completed_curves(study: optuna.Study) -> list[list[tuple[float, float]]]:
+    """(learn, forget) at each evaluation point of every completed trial, in step order."""
+    curves = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        learn, forget = t.user_attrs.get("learn_curve"), t.user_attrs.get("forget_curve")
+        if learn and forget:
+            steps = sorted(learn, key=int)
+            curves.append([(learn[s], forget[s]) for s in steps])
+    return curves
 
 
 def report(trial: optuna.Trial, step: int, value: float) -> None:

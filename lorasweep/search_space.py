@@ -29,7 +29,23 @@ import optuna
 
 from lorasweep.config import ConfigError, TrialConfig, coerce, load_yaml
 
-SPACE_KEYS = ("config", "params", "baselines", "sampler")
+SPACE_KEYS = ("objective", "forget_tolerance", "pruner", "config", "params", "baselines", "sampler")
+OBJECTIVES = ("pareto", "constrained")
+# Optuna's pruners act on the intermediate learn values and cannot prune multi-objective studies,
+# so they need `objective: constrained`; the dominance pruner (pruning.py) is for pareto studies.
+PRUNERS = {
+    "none": {},
+    "median": {"n_startup_trials": int, "n_warmup_steps": int},
+    "hyperband": {"min_resource": int, "reduction_factor": int},
+    "dominance": {"k": int, "warmup_points": int},
+}
+PRUNER_DEFAULTS = {
+    "none": {},
+    "median": {"n_startup_trials": 4, "n_warmup_steps": 0},
+    "hyperband": {"min_resource": 1, "reduction_factor": 3},
+    "dominance": {"k": 2, "warmup_points": 1},
+}
+PRUNER_OBJECTIVE = {"median": "constrained", "hyperband": "constrained", "dominance": "pareto"}
 PARAM_KEYS = ("type", "field", "low", "high", "log", "step", "choices", "when")
 SAMPLERS = {
     "tpe": {
@@ -96,6 +112,9 @@ class SearchSpace:
     params: list[Param]
     baselines: list[dict[str, Any]]  # as Optuna params, ready to enqueue
     sampler: dict[str, Any]
+    objective: str = "pareto"  # pareto: (learn up, forget down); constrained: learn up, forget <= tolerance
+    forget_tolerance: float | None = None
+    pruner: dict[str, Any] = field(default_factory=lambda: {"name": "none"})
 
     def trial_config(self, values: dict[str, Any]) -> TrialConfig:
         """The config of a trial whose Optuna params are `values`."""
@@ -118,6 +137,14 @@ class SearchSpace:
             return optuna.samplers.RandomSampler(seed=seed)
         return optuna.samplers.TPESampler(seed=seed, **options)
 
+    def make_pruner(self) -> optuna.pruners.BasePruner:
+        options = {k: v for k, v in self.pruner.items() if k != "name"}
+        if self.pruner["name"] == "median":
+            return optuna.pruners.MedianPruner(**options)
+        if self.pruner["name"] == "hyperband":
+            return optuna.pruners.HyperbandPruner(**options)
+        return optuna.pruners.NopPruner()  # none, or dominance: applied by the objective itself
+
 
 def load_space(path: Path) -> SearchSpace:
     """Read and validate a search-space file; every problem is a one-line ConfigError."""
@@ -135,6 +162,7 @@ def load_space(path: Path) -> SearchSpace:
     if not params:
         raise ConfigError(f"{src}: 'params' is empty; a search space searches at least one field")
     space = SearchSpace(path, raw, config, params, [], _parse_sampler(raw.get("sampler") or {}, src))
+    _parse_objective(space, raw, src)
     baselines = raw.get("baselines") or []
     if not isinstance(baselines, list):
         raise ConfigError(f"{src}: 'baselines' must be a list of mappings of field: value")
@@ -242,20 +270,51 @@ def _check_exclusive(params: list[Param], src: str) -> None:
                 )
 
 
+def _parse_objective(space: SearchSpace, raw: dict[str, Any], src: str) -> None:
+    objective = raw.get("objective", "pareto")
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"{src}: objective '{objective}' is unknown (allowed: {', '.join(OBJECTIVES)})")
+    tolerance = raw.get("forget_tolerance")
+    if tolerance is not None:
+        tolerance = coerce(tolerance, float, src, "forget_tolerance")
+        if tolerance < 0:
+            raise ConfigError(f"{src}: field 'forget_tolerance' is {tolerance}; allowed: a number >= 0")
+    if objective == "constrained" and tolerance is None:
+        raise ConfigError(f"{src}: objective 'constrained' needs forget_tolerance (nats/token)")
+    pruner = raw.get("pruner") or {"name": "none"}
+    pruner = _parse_options(
+        pruner if isinstance(pruner, dict) else {"name": pruner}, PRUNERS, PRUNER_DEFAULTS, "pruner", src
+    )
+    needs = PRUNER_OBJECTIVE.get(pruner["name"], objective)
+    if needs != objective:
+        why = " (Optuna cannot prune multi-objective studies)" if needs == "constrained" else ""
+        raise ConfigError(f"{src}: pruner '{pruner['name']}' needs objective: {needs}{why}")
+    if pruner["name"] == "dominance" and (pruner["k"] < 1 or pruner["warmup_points"] < 0):
+        raise ConfigError(f"{src}: dominance pruner needs k >= 1 and warmup_points >= 0")
+    space.objective, space.forget_tolerance, space.pruner = objective, tolerance, pruner
+
+
 def _parse_sampler(raw: Any, src: str) -> dict[str, Any]:
+    return _parse_options(raw, SAMPLERS, SAMPLER_DEFAULTS, "sampler", src)
+
+
+def _parse_options(
+    raw: Any, kinds: dict[str, dict[str, type]], defaults: dict[str, dict[str, Any]], what: str, src: str
+) -> dict[str, Any]:
+    """`{name: ..., option: value}` for a sampler or pruner, with lorasweep's defaults filled in."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{src}: 'sampler' must be a mapping")
-    name = raw.get("name", "tpe")
-    if name not in SAMPLERS:
-        raise ConfigError(f"{src}: sampler name '{name}' is unknown (allowed: {', '.join(SAMPLERS)})")
-    options = dict(SAMPLER_DEFAULTS[name])
+        raise ConfigError(f"{src}: '{what}' must be a mapping with a name and options")
+    name = raw.get("name", next(iter(kinds)))
+    if name not in kinds:
+        raise ConfigError(f"{src}: {what} name '{name}' is unknown (allowed: {', '.join(kinds)})")
+    options = dict(defaults[name])
     for key, value in raw.items():
         if key == "name":
             continue
-        if key not in SAMPLERS[name]:
-            allowed = ", ".join(SAMPLERS[name]) or "none"
-            raise ConfigError(f"{src}: unknown sampler option '{key}' for {name} (allowed: {allowed})")
-        options[key] = coerce(value, SAMPLERS[name][key], f"{src} sampler", key)
+        if key not in kinds[name]:
+            allowed = ", ".join(kinds[name]) or "none"
+            raise ConfigError(f"{src}: unknown {what} option '{key}' for {name} (allowed: {allowed})")
+        options[key] = coerce(value, kinds[name][key], f"{src} {what}", key)
     return {"name": name, **options}
 
 

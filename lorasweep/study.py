@@ -19,13 +19,20 @@ from lorasweep.config import ConfigError
 from lorasweep.search_space import SearchSpace
 
 DEFAULT_STORAGE = "sqlite:///results/lorasweep.db"
-METRICS = ["learn", "forget"]
-DIRECTIONS = ["maximize", "minimize"]
+# objective mode -> (metric names, directions)
+OBJECTIVES = {
+    "pareto": (["learn", "forget"], ["maximize", "minimize"]),
+    "constrained": (["learn"], ["maximize"]),  # forget <= tolerance as an Optuna constraint
+}
 SQLITE_TIMEOUT_S = 60  # busy timeout, so several local workers wait for the lock instead of failing
 
 
-def storage(url: str) -> optuna.storages.RDBStorage:
-    """Optuna's RDB storage for `url`; a bad URL is a one-line ConfigError, not a traceback."""
+def storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage for `url`; a bad URL is a one-line ConfigError, not a traceback.
+
+    With `create=False` (commands that only read) a missing SQLite file is an error rather than
+    an empty database created on the spot.
+    """
     scheme = url.split(":", 1)[0].split("+", 1)[0]
     if "://" not in url or scheme not in ("sqlite", "postgresql", "mysql"):
         raise ConfigError(
@@ -35,6 +42,8 @@ def storage(url: str) -> optuna.storages.RDBStorage:
     if scheme == "sqlite":
         path = url.split(":///", 1)[-1]
         if path and path != ":memory:":
+            if not create and not Path(path).exists():
+                raise ConfigError(f"--storage '{url}': no such database file ({path})")
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
     try:
@@ -67,8 +76,11 @@ def open_study(name: str, url: str, space: SearchSpace, seed: int) -> optuna.Stu
                 f"({study.user_attrs.get('space_path')}); use another --study name"
             )
     else:
-        study = optuna.create_study(study_name=name, storage=store, directions=DIRECTIONS)
-        study.set_metric_names(METRICS)
+        metrics, directions = OBJECTIVES[space.objective]
+        study = optuna.create_study(study_name=name, storage=store, directions=directions)
+        study.set_metric_names(metrics)
+        study.set_user_attr("objective", space.objective)
+        study.set_user_attr("forget_tolerance", space.forget_tolerance)
         study.set_user_attr("space", space.raw)
         study.set_user_attr("space_path", str(space.path))
         study.set_user_attr("lorasweep_version", __version__)
@@ -79,13 +91,48 @@ def open_study(name: str, url: str, space: SearchSpace, seed: int) -> optuna.Stu
     started = sum(t.state != optuna.trial.TrialState.WAITING for t in study.trials)
     sampler_seed = seed + started
     study.sampler = space.make_sampler(sampler_seed)
+    study.pruner = space.make_pruner()
     runs = list(study.user_attrs.get("sampler_runs", []))
     runs.append({**space.sampler, "seed": sampler_seed, "first_trial": started})
     study.set_user_attr("sampler", space.sampler)
+    study.set_user_attr("pruner", space.pruner)
     study.set_user_attr("sampler_runs", runs)
     return study
 
 
 def _searched(raw: dict[str, Any]) -> tuple:
-    """What makes two spaces the same study: fixed config and searched params."""
-    return (raw.get("config"), raw.get("params"))
+    """What makes two spaces the same study: the question asked, fixed config, searched params."""
+    keys = ("objective", "forget_tolerance", "config", "params")
+    return tuple(raw.get(k) for k in keys)
+
+
+def load_study(url: str, name: str | None) -> optuna.Study:
+    """An existing study, for commands that read one; the name may be omitted if it is the only one."""
+    store = storage(url, create=False)
+    names = optuna.get_all_study_names(store)
+    label = storage_label(url)
+    if not names:
+        raise ConfigError(f"--storage '{label}': holds no study yet (run lorasweep optimize first)")
+    if name is None:
+        if len(names) > 1:
+            raise ConfigError(f"--study is needed: '{label}' holds {len(names)} studies: {', '.join(names)}")
+        name = names[0]
+    if name not in names:
+        raise ConfigError(f"--study '{name}': not in '{label}' (studies there: {', '.join(names)})")
+    return optuna.load_study(study_name=name, storage=store)
+
+
+def objective_of(study: optuna.Study) -> str:
+    """The study's objective mode; a study without lorasweep's attrs is read by its directions."""
+    return study.user_attrs.get("objective", "pareto" if len(study.directions) == 2 else "constrained")
+
+
+def best_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The Pareto front, by learn (pareto), or the best feasible trial (constrained)."""
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not complete:
+        return []
+    if objective_of(study) == "constrained":
+        feasible = [t for t in complete if all(c <= 0 for c in t.constraints.values())]
+        return [max(feasible, key=lambda t: t.values[0])] if feasible else []
+    return sorted(study.best_trials, key=lambda t: -t.values[0])

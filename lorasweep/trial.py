@@ -99,13 +99,13 @@ def checkpoint_steps(steps: int, eval_points: int) -> list[int]:
 def run_trial(
     config: TrialConfig,
     on_step: Callable[[int, int], None] | None = None,
-    on_eval: Callable[[int, float], None] | None = None,
+    on_eval: Callable[[int, float, float], None] | None = None,
     cache_dir: Path | None = None,
 ) -> dict:
     """Train and evaluate one configuration; returns learn, forget and every recorded attr.
 
-    `on_step(step, total)` follows training; `on_eval(step, learn)` receives each intermediate
-    learn value (and may raise, e.g. `optuna.TrialPruned`).
+    `on_step(step, total)` follows training; `on_eval(step, learn, forget)` receives each
+    intermediate evaluation before the final step (and may raise, e.g. `optuna.TrialPruned`).
     """
     started = time.perf_counter()
     torch.set_num_threads(config.threads or len(os.sched_getaffinity(0)))
@@ -114,13 +114,14 @@ def run_trial(
     torch.manual_seed(config.seed)
     _reset_peak_memory()
     model, modules = trial_model(prepared.base, config, prepared.base_dir)
-    trainable, total = parameter_counts(model)
+    trainable, total = parameter_counts(model, prepared.base)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config)
     steps = config.steps
     checkpoints = checkpoint_steps(steps, config.eval_points)
     averager = WeightAverager(model, config.lawa_k, config.lawa_interval, steps)
-    curve: dict[int, float] = {}
+    learn_curve: dict[int, float] = {}
+    forget_curve: dict[int, float] = {}
 
     def step_done(step: int) -> None:
         averager.on_step(step)
@@ -128,9 +129,12 @@ def run_trial(
             on_step(step, steps)
 
     def checkpoint(step: int, _loss: float) -> None:
-        curve[step] = exact_match(model, prepared.domain_probes)
+        learn_curve[step] = exact_match(model, prepared.domain_probes)
+        forget_curve[step] = (
+            mean_loss(model, prepared.general_heldout) - prepared.base_metrics["general_loss"]
+        )
         if on_eval is not None:
-            on_eval(step, curve[step])
+            on_eval(step, learn_curve[step], forget_curve[step])
 
     batches = pack_epochs(
         prepared.train_docs,
@@ -165,11 +169,10 @@ def run_trial(
             "lawa_snapshot_bytes": averager.nbytes,
         }
     eval_s = stats.eval_s + time.perf_counter() - eval_start
-    if checkpoints:
-        curve[steps] = final["learn"]
-        if on_eval is not None:
-            on_eval(steps, final["learn"])
     base = prepared.base_metrics
+    if checkpoints:
+        learn_curve[steps] = final["learn"]
+        forget_curve[steps] = final["general_loss"] - base["general_loss"]
     return {
         "learn": final["learn"],
         "forget": final["general_loss"] - base["general_loss"],
@@ -180,7 +183,8 @@ def run_trial(
         "general_qa_delta": final["general_qa_acc"] - base["general_qa_acc"],
         **lawa,
         "base_metrics": base,
-        "learn_curve": {str(k): v for k, v in sorted(curve.items())},
+        "learn_curve": {str(k): v for k, v in sorted(learn_curve.items())},
+        "forget_curve": {str(k): v for k, v in sorted(forget_curve.items())},
         "target_modules_resolved": modules,
         "quantization": config.quantization if config.method == "qlora" else "none",
         "trainable_params": trainable,

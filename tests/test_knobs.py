@@ -205,5 +205,12 @@ def test_adapter_methods_build_what_they_name(lora, prepared):
 
 def test_qlora_records_its_quantization(lora):
     result = run_trial(dataclasses.replace(lora, method="qlora"))
+    plain = run_trial(lora)
     assert result["quantization"] == "nf4" and result["method"] == "qlora"
-    assert run_trial(lora)["quantization"] == "none"
+    assert plain["quantization"] == "none"
+    # same adapter on the same layers: the same parameter counts, in fewer bytes
+    assert (result["trainable_params"], result["total_params"]) == (
+        plain["trainable_params"],
+        plain["total_params"],
+    )
+    assert result["model_bytes"] < plain["model_bytes"]

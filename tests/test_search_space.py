@@ -71,7 +71,11 @@ def edit(path: str, value):
 @pytest.mark.parametrize(
     ("path", "value", "message"),
     [
-        ("objectives", "x", "unknown key 'objectives' (allowed: config, params, baselines, sampler)"),
+        (
+            "objectives",
+            "x",
+            "unknown key 'objectives' (allowed: objective, forget_tolerance, pruner, config, params",
+        ),
         ("params.rank.hi", 3, "param 'rank': unknown key 'hi'"),
         ("params.rank.low", 9, "param 'rank': low 9 is greater than high 8"),
         ("params.rank.low", "two", "field 'low' is 'two'; expected an integer"),

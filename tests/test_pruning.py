@@ -1,0 +1,92 @@
+"""The dominance pruner's rule on constructed curves, and in a real pareto study."""
+
+import optuna
+import pytest
+import yaml
+
+from lorasweep.pruning import dominated_by, dominates, should_prune
+
+# (learn, forget) at three evaluation points of three completed trials
+CURVES = [
+    [(0.2, 0.1), (0.5, 0.2), (0.7, 0.3)],
+    [(0.3, 0.1), (0.6, 0.1), (0.8, 0.2)],
+    [(0.1, 0.5), (0.2, 0.6), (0.3, 0.7)],
+]
+
+
+def test_dominance_needs_both_objectives_at_least_as_good_and_one_better():
+    assert dominates((0.5, 0.1), (0.4, 0.2))
+    assert dominates((0.5, 0.2), (0.4, 0.2))  # equal forget, better learn
+    assert dominates((0.4, 0.1), (0.4, 0.2))  # equal learn, less forgetting
+    assert not dominates((0.4, 0.2), (0.4, 0.2))  # equal is not dominance
+    assert not dominates((0.6, 0.3), (0.4, 0.2))  # more learning but more forgetting: a trade-off
+
+
+def test_points_are_compared_at_the_same_evaluation_point():
+    # (0.45, 0.25) is dominated by trials 0 and 1 at point 1; at point 2 only by trial 1, since
+    # trial 0 (0.7, 0.3) learned more but also forgot more: a trade-off, not dominance
+    assert dominated_by((0.45, 0.25), 1, CURVES) == 2
+    assert dominated_by((0.45, 0.25), 2, CURVES) == 1
+    assert dominated_by((0.45, 0.25), 5, CURVES) == 0  # curves shorter than the point do not count
+
+
+@pytest.mark.parametrize(
+    ("point", "index", "k", "warmup", "pruned"),
+    [
+        ((0.45, 0.25), 1, 2, 1, True),  # dominated by 2 at point 1, past warm-up
+        ((0.45, 0.25), 1, 3, 1, False),  # k = 3 needs one more
+        ((0.45, 0.25), 1, 2, 2, False),  # still in warm-up
+        ((0.15, 0.6), 0, 1, 0, True),  # no warm-up: pruned at the first point
+        ((0.9, 0.05), 2, 1, 0, False),  # on the front
+        ((0.25, 0.8), 2, 1, 0, True),  # learns less and forgets more than trial 2 (0.3, 0.7)
+    ],
+)
+def test_should_prune(point, index, k, warmup, pruned):
+    assert should_prune(point, index, CURVES, k, warmup) is pruned
+
+
+def test_dominance_pruner_in_a_pareto_study(tmp_path, cache_dir, prepared, tiny_space):
+    from conftest import cli
+
+    space = yaml.safe_load(tiny_space.read_text())
+    space["pruner"] = {"name": "dominance", "k": 1, "warmup_points": 1}
+    space["config"]["eval_points"] = 4
+    space["params"]["lora_learning_rate"]["low"] = 1.0e-5  # some trials fall behind early
+    space["params"]["full_learning_rate"]["low"] = 1.0e-6
+    space["sampler"] = {"name": "random"}
+    tiny_space.write_text(yaml.safe_dump(space, sort_keys=False))
+    url = f"sqlite:///{tmp_path}/s.db"
+    result = cli(
+        "optimize",
+        "--space",
+        str(tiny_space),
+        "--storage",
+        url,
+        "--n-trials",
+        "8",
+        cwd=tmp_path,
+        env_cache=cache_dir,
+    )
+    assert result.returncode == 0, result.stderr
+    study = optuna.load_study(study_name="default", storage=url)
+    pruned = study.get_trials(states=[optuna.trial.TrialState.PRUNED])
+    complete = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
+    assert pruned and complete
+    for t in pruned:
+        # where it was stopped, at least k = 1 trial completed before it was ahead at the same point
+        point = t.user_attrs["pruned_point"]
+        assert t.user_attrs["prune_reason"].startswith("dominance pruner:")
+        assert point["evaluation"] >= 1  # warm-up of one evaluation
+        assert t.intermediate_values[t.user_attrs["pruned_at_step"]] == point["learn"]
+        earlier = [c for c in complete if c.datetime_complete < t.datetime_complete]
+        curves = [
+            [
+                (c.user_attrs["learn_curve"][s], c.user_attrs["forget_curve"][s])
+                for s in sorted(c.user_attrs["learn_curve"], key=int)
+            ]
+            for c in earlier
+        ]
+        assert dominated_by((point["learn"], point["forget"]), point["evaluation"], curves) >= 1
+    for t in complete:
+        assert len(t.user_attrs["forget_curve"]) == 4
+        assert t.user_attrs["forget_curve"][max(t.user_attrs["forget_curve"], key=int)] == t.values[1]
