@@ -140,7 +140,8 @@ def optimize(
             err_console.print("interrupted: the running trial is marked failed; run again to resume")
             raise typer.Exit(130) from None
     _print_best(opened)
-    console.print(f"\nopen the dashboard:  optuna-dashboard {storage}", markup=False, highlight=False)
+    dashboard = f"optuna-dashboard {storage_label(storage)}"  # a password stays masked
+    console.print(f"\nopen the dashboard:  {dashboard}", markup=False, highlight=False)
 
 
 def _trial_line(frozen) -> str:
