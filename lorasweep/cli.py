@@ -232,6 +232,38 @@ def best(
 
 
 @app.command()
+def report(
+    study: Annotated[str | None, typer.Option(help="Study name (optional if the storage holds one).")] = None,
+    storage: Annotated[str, typer.Option(help="Optuna storage URL.")] = "sqlite:///results/lorasweep.db",
+    out: Annotated[Path | None, typer.Option(help="Output directory (default: results/<study>).")] = None,
+    forget_tolerance: Annotated[
+        float | None, typer.Option(help="Forgetting tolerance (default: the study's own, if it has one).")
+    ] = None,
+    artifact_dir: Annotated[
+        Path, typer.Option(help="Artifact store the plots are uploaded to (optuna-dashboard --artifact-dir).")
+    ] = Path("results/artifacts"),
+) -> None:
+    """Write the LoRA-vs-full-FT comparison report of a study, and attach it to the study."""
+    from lorasweep.report import upload, write_report
+    from lorasweep.study import load_study
+
+    with user_errors():
+        _quiet_libraries()
+        loaded = load_study(storage, study)
+    target = out or Path("results") / loaded.study_name
+    files = write_report(loaded, target, forget_tolerance)
+    upload(loaded, files, artifact_dir)
+    console.print(
+        f"wrote {target / 'report.md'} and {len(files) - 1} plots; uploaded to the study's artifacts",
+        markup=False,
+        highlight=False,
+    )
+    console.print(
+        f"dashboard:  optuna-dashboard {storage} --artifact-dir {artifact_dir}", markup=False, highlight=False
+    )
+
+
+@app.command()
 def run(
     config: Annotated[Path, typer.Option(help="Trial config YAML (the format every trial records).")],
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
