@@ -103,3 +103,13 @@ def cli(*args: str, cwd: Path, env_cache: Path) -> subprocess.CompletedProcess:
         timeout=600,
         check=False,
     )
+
+
+def optimize(tmp_path: Path, cache_dir: Path, space: Path | str, *args: str) -> str:
+    """The real `lorasweep optimize` on `space`, into tmp_path/s.db; returns the storage URL."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    result = cli(
+        "optimize", "--space", str(space), "--storage", url, *args, cwd=tmp_path, env_cache=cache_dir
+    )
+    assert result.returncode == 0, result.stderr
+    return url

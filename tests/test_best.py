@@ -6,7 +6,7 @@ import json
 import optuna
 import pytest
 import yaml
-from conftest import TINY_SPACE, cli
+from conftest import TINY_SPACE, cli, optimize
 
 from lorasweep.config import ConfigError
 from lorasweep.search_space import load_space
@@ -19,21 +19,6 @@ def write_space(tmp_path, **top) -> str:
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump(space, sort_keys=False))
     return str(path)
-
-
-def optimize(tmp_path, cache_dir, space, *args):
-    result = cli(
-        "optimize",
-        "--space",
-        space,
-        "--storage",
-        f"sqlite:///{tmp_path}/s.db",
-        *args,
-        cwd=tmp_path,
-        env_cache=cache_dir,
-    )
-    assert result.returncode == 0, result.stderr
-    return result
 
 
 @pytest.mark.parametrize("pruner", ["median", "hyperband"])

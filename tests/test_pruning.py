@@ -46,7 +46,7 @@ def test_should_prune(point, index, k, warmup, pruned):
 
 
 def test_dominance_pruner_in_a_pareto_study(tmp_path, cache_dir, prepared, tiny_space):
-    from conftest import cli
+    from conftest import optimize
 
     space = yaml.safe_load(tiny_space.read_text())
     space["pruner"] = {"name": "dominance", "k": 1, "warmup_points": 1}
@@ -55,19 +55,7 @@ def test_dominance_pruner_in_a_pareto_study(tmp_path, cache_dir, prepared, tiny_
     space["params"]["full_learning_rate"]["low"] = 1.0e-6
     space["sampler"] = {"name": "random"}
     tiny_space.write_text(yaml.safe_dump(space, sort_keys=False))
-    url = f"sqlite:///{tmp_path}/s.db"
-    result = cli(
-        "optimize",
-        "--space",
-        str(tiny_space),
-        "--storage",
-        url,
-        "--n-trials",
-        "8",
-        cwd=tmp_path,
-        env_cache=cache_dir,
-    )
-    assert result.returncode == 0, result.stderr
+    url = optimize(tmp_path, cache_dir, tiny_space, "--n-trials", "8")
     study = optuna.load_study(study_name="default", storage=url)
     pruned = study.get_trials(states=[optuna.trial.TrialState.PRUNED])
     complete = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])

@@ -3,7 +3,7 @@
 import optuna
 import pytest
 import yaml
-from conftest import cli
+from conftest import cli, optimize
 
 from lorasweep.report import Row, critical_mixture_ratio, findings, front, spearman
 
@@ -64,19 +64,7 @@ def test_critical_mixture_ratio_is_the_largest_domain_share_within_tolerance():
 
 
 def test_report_of_a_real_study_with_failed_and_pruned_trials(tmp_path, cache_dir, prepared, tiny_space):
-    url = f"sqlite:///{tmp_path}/s.db"
-    result = cli(
-        "optimize",
-        "--space",
-        str(tiny_space),
-        "--storage",
-        url,
-        "--n-trials",
-        "3",
-        cwd=tmp_path,
-        env_cache=cache_dir,
-    )
-    assert result.returncode == 0, result.stderr
+    url = optimize(tmp_path, cache_dir, tiny_space, "--n-trials", "3")
     study = optuna.load_study(study_name="default", storage=url)
     # a failed and a pruned trial, as a crash or a pruner would leave them
     study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
@@ -104,7 +92,9 @@ def test_report_of_a_real_study_with_failed_and_pruned_trials(tmp_path, cache_di
     ):
         assert section in text
     # three trials settle none of the claims, nor importances: the report says so instead of guessing
-    assert "| Best LoRA LR is about 10x the best full-FT LR (LoRA Without Regret) | not enough trials |" in text
+    assert (
+        "| Best LoRA LR is about 10x the best full-FT LR (LoRA Without Regret) | not enough trials |" in text
+    )
     assert "| Within full, a higher LR forgets more (2308.04014) | not enough trials |" in text
     assert "importances need 8 or more" in text
     for name in ("pareto.png", "lr.png", "pareto.html", "history.html"):
@@ -146,21 +136,7 @@ def test_report_of_a_replay_study_estimates_the_critical_mixture_ratio(
     space["baselines"] = []
     space["sampler"] = {"name": "random"}
     tiny_space.write_text(yaml.safe_dump(space, sort_keys=False))
-    url = f"sqlite:///{tmp_path}/s.db"
-    assert (
-        cli(
-            "optimize",
-            "--space",
-            str(tiny_space),
-            "--storage",
-            url,
-            "--n-trials",
-            "4",
-            cwd=tmp_path,
-            env_cache=cache_dir,
-        ).returncode
-        == 0
-    )
+    url = optimize(tmp_path, cache_dir, tiny_space, "--n-trials", "4")
     result = cli(
         "report",
         "--storage",
