@@ -132,8 +132,8 @@ def findings(rows: list[Row], tolerance: float | None) -> list[tuple[str, str, s
                 claim,
                 verdict,
                 (
-                    f"Spearman(lr, forget) = {rho:+.2f} over {len(group)} trials; "
-                    f"Spearman(lr, learn) up to the best LR = {learn_rho:+.2f}"
+                    f"Spearman(lr, forget) = {_rho(rho)} over {len(group)} trials; "
+                    f"Spearman(lr, learn) up to the best LR = {_rho(learn_rho)}"
                 ),
             )
         )
@@ -372,6 +372,10 @@ def _study_front(study: optuna.Study, rows: list[Row]) -> list[Row]:
 
 
 MIN_TRIALS_FOR_IMPORTANCE = 8
+
+
+def _rho(value: float) -> str:
+    return "n/a (one value)" if math.isnan(value) else f"{value:+.2f}"
 
 
 def _count(n: int, noun: str) -> str:
