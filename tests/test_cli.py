@@ -28,15 +28,14 @@ RECORDED = {
 }
 
 
-@pytest.fixture
-def two_trial_study(tmp_path, tiny_space, cache_dir, prepared):
-    storage = f"sqlite:///{tmp_path}/study.db"
+def optimize_tiny(tmp_path, cache_dir, space, storage, n_trials):
+    """`lorasweep optimize` on study "tiny"; the test fails if the command does."""
     result = cli(
         "optimize",
         "--space",
-        str(tiny_space),
+        str(space),
         "--n-trials",
-        "2",
+        str(n_trials),
         "--storage",
         storage,
         "--study",
@@ -45,6 +44,13 @@ def two_trial_study(tmp_path, tiny_space, cache_dir, prepared):
         env_cache=cache_dir,
     )
     assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.fixture
+def two_trial_study(tmp_path, tiny_space, cache_dir, prepared):
+    storage = f"sqlite:///{tmp_path}/study.db"
+    result = optimize_tiny(tmp_path, cache_dir, tiny_space, storage, 2)
     return storage, result
 
 
@@ -86,20 +92,7 @@ def test_optimize_records_a_complete_study(two_trial_study):
 
 def test_optimize_resumes_an_existing_study(two_trial_study, tmp_path, tiny_space, cache_dir):
     storage, _ = two_trial_study
-    result = cli(
-        "optimize",
-        "--space",
-        str(tiny_space),
-        "--n-trials",
-        "1",
-        "--storage",
-        storage,
-        "--study",
-        "tiny",
-        cwd=tmp_path,
-        env_cache=cache_dir,
-    )
-    assert result.returncode == 0, result.stderr
+    result = optimize_tiny(tmp_path, cache_dir, tiny_space, storage, 1)
     assert "2 trials so far" in result.stdout
     study = optuna.load_study(study_name="tiny", storage=storage)
     assert len(study.trials) == 3
