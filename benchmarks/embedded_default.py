@@ -33,7 +33,7 @@ GROUPS = {
 def main() -> None:
     space = load_space(ROOT / "search_spaces" / "default.yaml")
     base = space.trial_config(space.baselines[0])  # the space's fixed settings
-    prepare(base.world)
+    prepare(base)
     print("| group | lr | learn | forget | domain loss | general QA delta | trial s |")
     print("|---|---|---|---|---|---|---|")
     best = {}

@@ -80,7 +80,7 @@ def methods(base: TrialConfig) -> None:
 if __name__ == "__main__":
     which = sys.argv[1:] or ["replay", "lawa", "methods"]
     config = base_config()
-    prepare(config.world)
+    prepare(config)
     for name in which:
         print(f"\n### {name}\n")
         {"replay": replay, "lawa": lawa, "methods": methods}[name](config)

@@ -40,6 +40,37 @@ CacheDir = Annotated[
 ]
 
 
+ArtifactDir = Annotated[
+    Path,
+    typer.Option(help="Artifact store for trial configs and report plots (optuna-dashboard --artifact-dir)."),
+]
+Model = Annotated[
+    str | None,
+    typer.Option(
+        help="Base model: a local Hugging Face directory or a hub id in the local cache (default: the embedded world's)."
+    ),
+]
+Domain = Annotated[
+    str | None,
+    typer.Option(help="Domain text to inject: .jsonl/.json/.csv/.parquet/.txt or hub:NAME?split=S."),
+]
+General = Annotated[str | None, typer.Option(help="General text: replay pool and the forgetting measure.")]
+Probes = Annotated[
+    str | None, typer.Option(help="Probes on the domain: rows {question, answer} or {prompt, answer}.")
+]
+TrustRemoteCode = Annotated[
+    bool, typer.Option("--trust-remote-code", help="Run Python code shipped with the model.")
+]
+
+
+def _overrides(
+    model: str | None, domain: str | None, general: str | None, probes: str | None, trust: bool
+) -> dict:
+    """Config fields given on the command line; they replace the space's or the config file's."""
+    given = {"model": model, "domain": domain, "general": general, "probes": probes}
+    return {k: v for k, v in given.items() if v is not None} | ({"trust_remote_code": True} if trust else {})
+
+
 @contextmanager
 def user_errors():
     """Bad input ends the command with one line on stderr and exit code 2."""
@@ -82,6 +113,12 @@ def optimize(
     n_trials: Annotated[int, typer.Option(help="Trials to add to the study in this run.")] = 12,
     timeout: Annotated[float | None, typer.Option(help="Stop starting trials after SECONDS.")] = None,
     seed: Annotated[int, typer.Option(help="Sampler seed (offset by the trials already run).")] = 0,
+    model: Model = None,
+    domain: Domain = None,
+    general: General = None,
+    probes: Probes = None,
+    trust_remote_code: TrustRemoteCode = False,
+    artifact_dir: ArtifactDir = Path("results/artifacts"),
     cache_dir: CacheDir = None,
 ) -> None:
     """Run an Optuna study of fine-tuning trials; re-running adds trials to the same study."""
@@ -93,28 +130,33 @@ def optimize(
             raise ConfigError(f"--n-trials is {n_trials}; allowed: an integer >= 1")
         if timeout is not None and timeout <= 0:
             raise ConfigError(f"--timeout is {timeout}; allowed: a number of seconds > 0")
-        searched = load_space(space)
-        world = TrialConfig.from_dict(searched.config, str(space)).world
+        searched = load_space(space).with_config(
+            _overrides(model, domain, general, probes, trust_remote_code)
+        )
+        fixed = TrialConfig.from_dict(searched.config, str(space))
         _quiet_libraries()
-        opened = open_study(study, storage, searched, seed)
     # imported only now: bad input is answered before torch is loaded
     from lorasweep.objective import TRIAL_FAILURES, make_objective
     from lorasweep.trial import prepare
 
-    finished = sum(t.state.is_finished() for t in opened.trials)
-    console.print(
-        f"study [bold]{study}[/] in {storage_label(storage)}: {finished} trials so far, "
-        f"adding {n_trials} from {space}",
-        highlight=False,
-    )
     with _progress() as progress:
         build = progress.add_task("base model", total=None)
 
         def on_build_step(step: int, total: int) -> None:
             progress.update(build, completed=step, total=total, description="building base model")
 
-        prepared = prepare(world, cache_dir, on_build_step)
+        # the base model and data load before the study is touched: a bad model or data path
+        # leaves no study behind
+        with user_errors():
+            prepared = prepare(fixed, cache_dir, on_build_step)
+            opened = open_study(study, storage, searched, seed)
         progress.update(build, visible=False)
+        finished = sum(t.state.is_finished() for t in opened.trials)
+        progress.console.print(
+            f"study [bold]{study}[/] in {storage_label(storage)}: {finished} trials so far, "
+            f"adding {n_trials} from {space}",
+            highlight=False,
+        )
         if "base_metrics" not in opened.user_attrs:
             opened.set_user_attr("base_metrics", prepared.base_metrics)
         trials = progress.add_task("trials", total=n_trials)
@@ -129,7 +171,7 @@ def optimize(
 
         try:
             opened.optimize(
-                make_objective(searched, on_step, cache_dir),
+                make_objective(searched, on_step, cache_dir, artifact_dir),
                 n_trials=n_trials,
                 timeout=timeout,
                 callbacks=[on_trial],
@@ -140,7 +182,7 @@ def optimize(
             err_console.print("interrupted: the running trial is marked failed; run again to resume")
             raise typer.Exit(130) from None
     _print_best(opened)
-    dashboard = f"optuna-dashboard {storage_label(storage)}"  # a password stays masked
+    dashboard = f"optuna-dashboard {storage_label(storage)} --artifact-dir {artifact_dir}"  # password masked
     console.print(f"\nopen the dashboard:  {dashboard}", markup=False, highlight=False)
 
 
@@ -239,9 +281,7 @@ def report(
     forget_tolerance: Annotated[
         float | None, typer.Option(help="Forgetting tolerance (default: the study's own, if it has one).")
     ] = None,
-    artifact_dir: Annotated[
-        Path, typer.Option(help="Artifact store the plots are uploaded to (optuna-dashboard --artifact-dir).")
-    ] = Path("results/artifacts"),
+    artifact_dir: ArtifactDir = Path("results/artifacts"),
 ) -> None:
     """Write the LoRA-vs-full-FT comparison report of a study, and attach it to the study."""
     from lorasweep.report import upload, write_report
@@ -263,22 +303,167 @@ def report(
     )
 
 
+StudyName = Annotated[
+    str | None, typer.Option("--study", help="Study name (optional if the storage holds one).")
+]
+Storage = Annotated[str, typer.Option("--storage", help="Optuna storage URL.")]
+TrialNumber = Annotated[int | None, typer.Option("--trial", help="Trial number.")]
+Best = Annotated[
+    bool,
+    typer.Option("--best", help="The best feasible trial (constrained) or the Pareto front's top learner."),
+]
+
+
+def _recorded(storage: str, study: str | None, number: int | None, best: bool):
+    """The chosen trial of the study and the config it recorded."""
+    from lorasweep.reproduce import recorded_trial, trial_config
+    from lorasweep.study import load_study
+
+    _quiet_libraries()
+    frozen = recorded_trial(load_study(storage, study), number, best)
+    return frozen, trial_config(frozen)
+
+
+@app.command()
+def reproduce(
+    trial: TrialNumber = None,
+    best: Best = False,
+    study: StudyName = None,
+    storage: Storage = "sqlite:///results/lorasweep.db",
+    tolerance: Annotated[
+        float | None,
+        typer.Option(help="Largest accepted difference per metric (default: 0 on CPU, 0.02 on a GPU)."),
+    ] = None,
+    allow_changed: Annotated[
+        bool, typer.Option("--allow-changed", help="Re-run even if the data or base weights changed.")
+    ] = False,
+    cache_dir: CacheDir = None,
+) -> None:
+    """Re-run a recorded trial and print its metrics beside the recorded ones (exit 1 if they differ)."""
+    from lorasweep.reproduce import changed_inputs, compare
+
+    with user_errors():
+        frozen, config = _recorded(storage, study, trial, best)
+    from lorasweep.trial import prepare, run_trial
+
+    with _progress() as progress:
+        task = progress.add_task("base model", total=None)
+        with user_errors():
+            prepared = prepare(config, cache_dir, lambda s, n: progress.update(task, completed=s, total=n))
+        changed, unknown = changed_inputs(frozen, prepared)
+        for line in unknown:
+            err_console.print(f"warning: {line}", markup=False, highlight=False)
+        if changed and not allow_changed:
+            for line in changed:
+                err_console.print(f"error: {line}", markup=False, highlight=False)
+            err_console.print("the re-run would not be the same trial; pass --allow-changed to run it anyway")
+            raise typer.Exit(1)
+        progress.update(task, description=f"trial {frozen.number}", completed=0, total=config.steps)
+        result = run_trial(
+            config, on_step=lambda s, n: progress.update(task, completed=s, total=n), cache_dir=cache_dir
+        )
+    limit = tolerance if tolerance is not None else (0.0 if prepared.device.type == "cpu" else 0.02)
+    rows = compare(frozen.user_attrs, result, limit)
+    table = Table(title=f"trial {frozen.number} re-run on {result['device']} (tolerance {limit:g})")
+    for column in ("metric", "recorded", "re-run", "difference", "match"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for key, then, now, ok in rows:
+        table.add_row(key, f"{then:.6f}", f"{now:.6f}", f"{now - then:+.2e}", "yes" if ok else "NO")
+    console.print(table)
+    if not all(ok for *_, ok in rows):
+        err_console.print(f"trial {frozen.number} did not reproduce within {limit:g}")
+        raise typer.Exit(1)
+    console.print(f"trial {frozen.number} reproduced" + (" exactly" if limit == 0 else f" within {limit:g}"))
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Option(help="Directory to write the model, trial.yaml and README.md into.")],
+    trial: TrialNumber = None,
+    best: Best = False,
+    study: StudyName = None,
+    storage: Storage = "sqlite:///results/lorasweep.db",
+    merge: Annotated[
+        bool, typer.Option("--merge", help="Merge the adapter into the base; save a full model.")
+    ] = False,
+    cache_dir: CacheDir = None,
+) -> None:
+    """Train a recorded trial again and write its adapter or model, trial.yaml and a model card."""
+    from lorasweep.reproduce import export_trial
+
+    with user_errors():
+        frozen, config = _recorded(storage, study, trial, best)
+        with _progress() as progress:
+            task = progress.add_task(f"trial {frozen.number}", total=config.steps)
+            result = export_trial(
+                frozen, out, merge, cache_dir, lambda s, n: progress.update(task, completed=s, total=n)
+            )
+    console.print(
+        f"wrote {out}: {config.method} trial {frozen.number}, learn {result['learn']:.3f} "
+        f"(recorded {frozen.user_attrs.get('learn', float('nan')):.3f}), forget {result['forget']:+.3f}",
+        markup=False,
+        highlight=False,
+    )
+
+
+@app.command()
+def dashboard(
+    study: StudyName = None,
+    storage: Storage = "sqlite:///results/lorasweep.db",
+    host: Annotated[
+        str, typer.Option(help="Address to bind; 0.0.0.0 exposes the dashboard to the network.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to serve on.")] = 8080,
+    artifact_dir: ArtifactDir = Path("results/artifacts"),
+) -> None:
+    """Serve optuna-dashboard on the study, with its trial configs and report plots."""
+    from optuna.artifacts import FileSystemArtifactStore
+    from optuna_dashboard import run_server
+
+    from lorasweep.study import load_study, storage_label
+    from lorasweep.study import storage as open_storage
+
+    with user_errors():
+        _quiet_libraries()
+        if not 0 < port < 65536:
+            raise ConfigError(f"--port is {port}; allowed: 1..65535")
+        loaded = load_study(storage, study)
+        store = open_storage(storage, create=False)
+    artifact_dir.mkdir(parents=True, exist_ok=True)
+    console.print(
+        f"study '{loaded.study_name}' in {storage_label(storage)}: "
+        f"http://{host}:{port}/dashboard/studies/{store.get_study_id_from_name(loaded.study_name)}  (Ctrl-C stops)",
+        markup=False,
+        highlight=False,
+    )
+    run_server(store, host=host, port=port, artifact_store=FileSystemArtifactStore(str(artifact_dir)))
+
+
 @app.command()
 def run(
     config: Annotated[Path, typer.Option(help="Trial config YAML (the format every trial records).")],
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    model: Model = None,
+    domain: Domain = None,
+    general: General = None,
+    probes: Probes = None,
+    trust_remote_code: TrustRemoteCode = False,
     cache_dir: CacheDir = None,
 ) -> None:
     """Run one fully specified trial without Optuna and print what it learned and forgot."""
+    from lorasweep.config import load_yaml
     from lorasweep.trial import prepare, run_trial
 
     with user_errors():
-        trial_config = TrialConfig.from_yaml(config)
+        fields = load_yaml(config)
+        if isinstance(fields, dict):
+            fields = {**fields, **_overrides(model, domain, general, probes, trust_remote_code)}
+        trial_config = TrialConfig.from_dict(fields, str(config))
         _quiet_libraries()
         # with --json, stdout carries only the JSON
         with _progress(err_console if json_out else console) as progress:
             task = progress.add_task("base model", total=None)
-            prepare(trial_config.world, cache_dir, lambda s, n: progress.update(task, completed=s, total=n))
+            prepare(trial_config, cache_dir, lambda s, n: progress.update(task, completed=s, total=n))
             progress.update(task, description="training", completed=0, total=trial_config.steps)
             result = run_trial(
                 trial_config,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,9 @@ TARGET_PRESETS = ("all-linear", "attention", "qv", "mlp")
 QUANTIZATIONS = ("nf4", "int8")
 SCHEDULES = ("constant", "linear", "cosine", "cosine_with_min_lr", "warmup_stable_decay")
 LR_SCALINGS = ("none", "sqrt", "linear")
+DTYPES = ("auto", "fp32", "bf16", "fp16")
+ATTENTION = ("sdpa", "eager", "flash_attention_2")
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 class ConfigError(ValueError):
@@ -76,6 +80,21 @@ class WorldConfig:
 class TrialConfig:
     """Everything one trial trains and measures. No adapter settings apply when method is full."""
 
+    # The base model: unset is the embedded world's (built on first use), else a local Hugging Face
+    # directory or a hub id already in the local cache; weights load from safetensors only.
+    model: str | None = None
+    trust_remote_code: bool = False  # run Python code shipped with the model: only when asked
+    dtype: str = "auto"  # weights and compute; auto: bf16 on a GPU that supports it, else fp32
+    device: str = "auto"  # auto (the GPU if there is one), cpu, cuda, cuda:N
+    attn_implementation: str = "sdpa"
+    gradient_checkpointing: bool = False
+    # The user's text (lorasweep/corpus.py): unset is the embedded world's
+    domain: str | None = None  # the new knowledge: a file or hub:NAME?config=C&split=S
+    general: str | None = None  # general text: replay pool and the forgetting measure
+    probes: str | None = None  # questions on the domain: {question, answer} or {prompt, answer}
+    text_column: str = "text"
+    probe_template: str = "Question: {question}\nAnswer:"
+    general_heldout: float = 0.2  # share of general documents held out to measure forgetting  # recompute activations in backward: less memory, ~30% slower
     method: str = "lora"  # full, or an adapter: lora, rslora, dora, qlora (LoRA on a quantised base)
     rank: int = 16
     alpha: float | None = None  # LoRA alpha; if unset, alpha_ratio x rank
@@ -103,7 +122,8 @@ class TrialConfig:
     max_grad_norm: float = 1.0  # gradient clipping; 0 turns it off
     lawa_k: int = 0  # LAWA: average of the last k snapshots, evaluated beside the final weights
     lawa_interval: int = 10  # steps between LAWA snapshots
-    eval_points: int = 4  # evaluations of learn during training (learning curves, pruning)
+    eval_points: int = 4  # evaluations of learn and forget during training (learning curves, pruning)
+    eval_fraction: float = 0.5  # share of probes and held-out text used by those evaluations
     seed: int = 0
     threads: int = 0  # torch CPU threads; 0 means every core
     world: WorldConfig = field(default_factory=WorldConfig)
@@ -114,6 +134,31 @@ class TrialConfig:
         _check_choice(source, "quantization", self.quantization, QUANTIZATIONS)
         _check_choice(source, "schedule", self.schedule, SCHEDULES)
         _check_choice(source, "lr_scaling", self.lr_scaling, LR_SCALINGS)
+        _check_choice(source, "dtype", self.dtype, DTYPES)
+        _check_choice(source, "attn_implementation", self.attn_implementation, ATTENTION)
+        _check(
+            source,
+            self,
+            "device",
+            bool(DEVICE_PATTERN.fullmatch(self.device)),
+            "auto, cpu, cuda or cuda:N",
+        )
+        _check(
+            source,
+            self,
+            "dtype",
+            not (self.dtype == "fp16" and self.method == "full"),
+            "fp32 or bf16 with method full (fp16 weights cannot take Adam updates; fp16 is for adapters)",
+        )
+        _check(
+            source,
+            self,
+            "probe_template",
+            "{question}" in self.probe_template,
+            "a text containing {question}",
+        )
+        _check(source, self, "general_heldout", 0 < self.general_heldout < 1, "a number in (0, 1)")
+        _check(source, self, "model", self.model is None or self.model.strip() != "", "a directory or hub id")
         _check(source, self, "rank", self.rank >= 1, "an integer >= 1")
         _check(source, self, "alpha", self.alpha is None or self.alpha > 0, "a number > 0")
         _check(source, self, "alpha_ratio", self.alpha_ratio is None or self.alpha_ratio > 0, "a number > 0")
@@ -161,6 +206,7 @@ class TrialConfig:
         _check(source, self, "lawa_k", self.lawa_k >= 0, "an integer >= 0 (0 turns LAWA off)")
         _check(source, self, "lawa_interval", self.lawa_interval >= 1, "an integer >= 1")
         _check(source, self, "eval_points", self.eval_points >= 0, "an integer >= 0")
+        _check(source, self, "eval_fraction", 0 < self.eval_fraction <= 1, "a number in (0, 1]")
         _check(source, self, "seed", self.seed >= 0, "an integer >= 0")
         _check(source, self, "threads", self.threads >= 0, "an integer >= 0")
         self.world.validate(source)

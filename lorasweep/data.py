@@ -26,6 +26,8 @@ class Batch:
 
 def tokenize_documents(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     """Token ids of each text, with the tokenizer's own BOS if it adds one and a closing EOS."""
+    if not texts:
+        return []
     ids = tokenizer(list(texts), add_special_tokens=True)["input_ids"]
     return [row + [tokenizer.eos_token_id] for row in ids]
 
@@ -89,6 +91,8 @@ def probe_batches(tokenizer, probes: Sequence, batch_size: int) -> list[Batch]:
     answer span is cut from the tokenization of the whole text, so subword tokenizers that merge
     the leading space into the answer are scored on the tokens they would really produce.
     """
+    if not probes:
+        return []
     prompts = [p.prompt for p in probes]
     full = [f"{p.prompt} {p.answer}" for p in probes]
     prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]

@@ -1,32 +1,50 @@
-"""Metrics: held-out loss (nats/token) and exact match on QA probes, one forward pass per batch.
+"""Metrics: held-out loss (nats/token) and exact match on QA probes.
 
 learn = exact match on domain probes; forget = general held-out loss of the trained model minus
-that of the base model. Both are computed from the same teacher-forced forward pass: a probe is
-correct when the argmax at every answer position (and the EOS after it) is the answer token, which
-is exactly what greedy decoding would produce, without a generation loop.
+that of the base model.
+
+The embedded world's probes are scored from one teacher-forced forward pass: a probe is correct
+when the argmax at every answer position (and the EOS after it) is the answer token, which is
+exactly what greedy decoding would produce, without a generation loop.
+
+A user's probes are scored by greedy generation (`generated_match`): the model continues the
+prompt, and the probe is correct when, for one of its acceptable answers, the continuation cut at
+that answer's length in tokens equals the answer after `normalize` (SQuAD's normalisation:
+lowercase, punctuation and the articles a/an/the removed, whitespace collapsed). A base model need
+not stop after the answer, so what follows it is not judged.
 """
 
 from __future__ import annotations
 
+import re
+import string
 from collections.abc import Sequence
 
 import torch
 
 from lorasweep.data import IGNORE, Batch
+from lorasweep.world import Probe
+
+
+def mean_loss(model, batches: Sequence[Batch]) -> float:
+    """Mean negative log-likelihood per scored token, in nats."""
+    nll, tokens = row_losses(model, batches)
+    return float(nll.sum() / max(int(tokens.sum()), 1))
 
 
 @torch.no_grad()
-def mean_loss(model, batches: Sequence[Batch]) -> float:
-    """Mean negative log-likelihood per scored token, in nats."""
-    total = torch.zeros((), dtype=torch.float64)
-    count = 0
+def row_losses(model, batches: Sequence[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed NLL (float64) and scored-token count of every row, so any subset's mean can be formed."""
+    nlls, counts = [], []
     for batch in batches:
         logits, labels = _forward(model, batch)
         scored = labels != IGNORE
-        nll = torch.nn.functional.cross_entropy(logits[scored].float(), labels[scored], reduction="sum")
-        total += nll.double().cpu()
-        count += int(scored.sum())
-    return float(total / max(count, 1))
+        nll = torch.nn.functional.cross_entropy(
+            logits.float().transpose(1, 2), labels.masked_fill(~scored, 0), reduction="none"
+        )
+        nlls.append((nll * scored).double().sum(1).cpu())
+        counts.append(scored.sum(1).cpu())
+    return torch.cat(nlls), torch.cat(counts)
 
 
 @torch.no_grad()
@@ -55,3 +73,49 @@ def _forward(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     finally:
         model.train(was_training)
     return logits[:, :-1], batch.labels[:, 1:].to(device)
+
+
+def normalize(text: str) -> str:
+    """SQuAD's answer normalisation: lowercase, no punctuation, no articles, single spaces."""
+    text = "".join(ch for ch in text.lower() if ch not in string.punctuation)
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
+
+@torch.no_grad()
+def generated_match(model, tokenizer, probes: Sequence[Probe], batch_size: int) -> float:
+    """Share of probes whose greedy continuation matches an acceptable answer (see the module doc)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    correct = 0
+    try:
+        for start in range(0, len(probes), batch_size):
+            chunk = probes[start : start + batch_size]
+            prompts = [p.prompt for p in chunk]
+            enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
+            lengths = [[answer_length(tokenizer, p.prompt, a) for a in p.answers] for p in chunk]
+            out = model.generate(
+                input_ids=enc.input_ids.to(device),
+                attention_mask=enc.attention_mask.to(device),
+                max_new_tokens=max(max(n) for n in lengths),
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,  # the tokenizer's, whatever the model config says
+            )
+            continuations = out[:, enc.input_ids.shape[1] :].cpu()
+            for probe, row, ns in zip(chunk, continuations, lengths):
+                correct += any(
+                    normalize(tokenizer.decode(row[:n], skip_special_tokens=True)) == normalize(answer)
+                    for answer, n in zip(probe.answers, ns)
+                )
+    finally:
+        model.train(was_training)
+    return correct / max(len(probes), 1)
+
+
+def answer_length(tokenizer, prompt: str, answer: str) -> int:
+    """Tokens the answer takes after the prompt (cut from the whole text, as subword tokenizers
+    merge the leading space into the answer)."""
+    prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    full_ids = tokenizer(f"{prompt} {answer}", add_special_tokens=True)["input_ids"]
+    return max(1, len(full_ids) - len(prompt_ids))

@@ -8,6 +8,7 @@ another's weights. No adapter config means full fine-tuning, as in PEFT's method
 from __future__ import annotations
 
 import copy
+import hashlib
 from pathlib import Path
 
 import torch
@@ -40,13 +41,110 @@ TARGET_MODULES = {
 }
 
 
-def load_base(path: Path, device: str = "cpu"):
-    """The base model (eval mode, float32) and its tokenizer, from a Hugging Face directory."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+CPU = torch.device("cpu")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype=torch.float32)
-    return model.to(device).eval(), tokenizer
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` is the first GPU when there is one; asking for a GPU that is not there is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and (
+        not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()
+    ):
+        found = torch.cuda.device_count()
+        raise ConfigError(
+            f"field 'device' is '{name}'; this machine has {found} CUDA device(s) (allowed: auto, cpu)"
+        )
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`auto` is bf16 on a GPU that supports it (the mixed-precision default of the field), else fp32."""
+    if name == "auto":
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if bf16 else torch.float32
+    return DTYPES[name]
+
+
+def load_base(
+    source: str | Path,
+    dtype: torch.dtype = torch.float32,
+    trust_remote_code: bool = False,
+    attn_implementation: str = "sdpa",
+):
+    """The base model (eval mode, on the CPU, in `dtype`) and its tokenizer.
+
+    `source` is a local Hugging Face directory or a hub id already in the local cache: nothing is
+    downloaded. Weights load from safetensors only (no pickle), remote code only when asked.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    local = Path(source).is_dir()
+    where = {"trust_remote_code": trust_remote_code, "local_files_only": True}
+    try:
+        config = AutoConfig.from_pretrained(source, **where)
+    except (OSError, ValueError) as err:
+        if local:
+            raise ConfigError(f"model '{source}': cannot read its config.json ({_first_line(err)})") from None
+        raise ConfigError(
+            f"model '{source}': no such directory, and not a hub id in the local Hugging Face cache "
+            "(nothing is downloaded: fetch it first with `hf download`)"
+        ) from None
+    remote = trust_remote_code and "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {})
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not remote:
+        raise ConfigError(
+            f"model '{source}': '{config.model_type}' is not a causal language model architecture"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **where)
+    except (OSError, ValueError, TypeError) as err:
+        raise ConfigError(f"model '{source}': cannot load its tokenizer ({_first_line(err)})") from None
+    if tokenizer.eos_token_id is None:
+        raise ConfigError(
+            f"model '{source}': the tokenizer has no EOS token (needed to end documents and answers)"
+        )
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token  # padded positions are masked out, so any id does
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source,
+            config=config,
+            dtype=dtype,
+            use_safetensors=True,
+            attn_implementation=attn_implementation,
+            **where,
+        )
+    except (OSError, ImportError, ValueError) as err:
+        raise ConfigError(f"model '{source}': cannot load safetensors weights ({_first_line(err)})") from None
+    embeddings = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > embeddings:
+        raise ConfigError(
+            f"model '{source}': its tokenizer has {len(tokenizer)} tokens, more than the model's {embeddings} embeddings"
+        )
+    return model.eval(), tokenizer
+
+
+def weights_fingerprint(source: str | Path) -> str:
+    """sha256 of the base model's safetensors files, so a re-run can tell that the weights changed."""
+    path = Path(source)
+    if not path.is_dir():  # a hub id: its snapshot in the local cache
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(str(source), local_files_only=True))
+    digest = hashlib.sha256()
+    for file in sorted(path.glob("*.safetensors")):
+        digest.update(file.name.encode())
+        with file.open("rb") as f:
+            while chunk := f.read(1 << 24):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [err.__class__.__name__])[0]
 
 
 def target_modules(model: torch.nn.Module, preset: str) -> list[str]:
@@ -66,25 +164,26 @@ def target_modules(model: torch.nn.Module, preset: str) -> list[str]:
 
 
 def trial_model(
-    base: torch.nn.Module, config: TrialConfig, base_dir: Path
+    base: torch.nn.Module, config: TrialConfig, base_dir: str | Path, device: torch.device = CPU
 ) -> tuple[torch.nn.Module, list[str]]:
-    """A fresh trainable model for this trial, and the module names the adapter was put on.
+    """A fresh trainable model for this trial on `device`, and the module names the adapter was put on.
 
-    Full FT and LoRA variants start from a deep copy of the in-memory base. QLoRA needs the base
-    quantised at load time, so it loads `base_dir` again with a bitsandbytes config.
+    Full FT and LoRA variants start from a deep copy of the in-memory base (kept on the CPU, so the
+    accelerator holds only the trial's model). QLoRA needs the base quantised at load time, so it
+    loads `base_dir` again with a bitsandbytes config.
     """
     if config.method == "full":
-        model = copy.deepcopy(base).train()
+        model = copy.deepcopy(base).to(device).train()
         for p in model.parameters():
             p.requires_grad_(True)
-        return model, []
+        return _checkpointed(model, config), []
     from peft import LoraConfig, get_peft_model
 
     modules = target_modules(base, config.target_modules)
     if config.method == "qlora":
-        model = load_quantized(base_dir, config.quantization, next(base.parameters()).device)
+        model = load_quantized(base_dir, config, base.dtype, device)
     else:
-        model = copy.deepcopy(base)
+        model = copy.deepcopy(base).to(device)
     model.train()
     lora = LoraConfig(
         r=config.rank,
@@ -95,21 +194,35 @@ def trial_model(
         use_dora=config.method == "dora",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora), modules
+    return get_peft_model(_checkpointed(model, config), lora), modules
 
 
-def load_quantized(path: Path, quantization: str, device: torch.device) -> torch.nn.Module:
-    """The base with its linear layers in 4-bit NF4 or 8-bit (bitsandbytes), the rest in fp32."""
+def _checkpointed(model: torch.nn.Module, config: TrialConfig) -> torch.nn.Module:
+    if config.gradient_checkpointing:
+        # non-reentrant checkpointing needs no input that requires grad, so frozen embeddings work
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def load_quantized(
+    path: str | Path, config: TrialConfig, dtype: torch.dtype, device: torch.device
+) -> torch.nn.Module:
+    """The base with its linear layers in 4-bit NF4 or 8-bit (bitsandbytes), the rest in `dtype`."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    if quantization == "nf4":
-        quant = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
-        )
+    if config.quantization == "nf4":
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
     else:
         quant = BitsAndBytesConfig(load_in_8bit=True)
     return AutoModelForCausalLM.from_pretrained(
-        path, use_safetensors=True, dtype=torch.float32, quantization_config=quant, device_map=str(device)
+        path,
+        use_safetensors=True,
+        dtype=dtype,
+        quantization_config=quant,
+        device_map=str(device),
+        trust_remote_code=config.trust_remote_code,
+        attn_implementation=config.attn_implementation,
+        local_files_only=True,
     )
 
 

@@ -12,10 +12,12 @@ trial records the step and the reason.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import optuna
+import yaml
 
 from lorasweep.config import ConfigError
 from lorasweep.pruning import should_prune
@@ -32,8 +34,13 @@ def make_objective(
     space: SearchSpace,
     on_step: Callable[[int, int], None] | None = None,
     cache_dir: Path | None = None,
+    artifact_dir: Path | None = None,
 ) -> Callable[[optuna.Trial], float | tuple[float, float]]:
-    """(learn, forget) for a pareto space; learn, with forget <= tolerance as a constraint, else."""
+    """(learn, forget) for a pareto space; learn, with forget <= tolerance as a constraint, else.
+
+    With `artifact_dir`, each completed trial also gets its resolved config as a `trial.yaml`
+    artifact (the file `lorasweep run --config` takes), shown by optuna-dashboard.
+    """
     constrained = space.objective == "constrained"
     dominance = space.pruner["name"] == "dominance"
 
@@ -70,12 +77,25 @@ def make_objective(
         report(trial, result["train_steps"], result["learn"])  # the last point of the learning curve
         for key, value in result.items():
             trial.set_user_attr(key, value)
+        if artifact_dir is not None:
+            attach_config(trial, result["config"], artifact_dir)
         if constrained:
             trial.set_constraint("forget", result["forget"] - space.forget_tolerance)
             return result["learn"]
         return result["learn"], result["forget"]
 
     return objective
+
+
+def attach_config(trial: optuna.Trial, config: dict, artifact_dir: Path) -> None:
+    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+
+    artifact_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trial.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        store = FileSystemArtifactStore(base_path=str(artifact_dir))
+        upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
 
 
 def prune(trial: optuna.Trial, step: int, reason: str) -> None:

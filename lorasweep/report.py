@@ -423,11 +423,20 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def upload(study: optuna.Study, files: list[Path], artifact_dir: Path) -> int:
-    """Attach the report's files to the study as artifacts (shown by optuna-dashboard)."""
-    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+    """Attach the report's files to the study as artifacts (shown by optuna-dashboard).
+
+    One artifact per file name: a report written again replaces the content of its earlier
+    artifacts in the store instead of adding copies.
+    """
+    from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact
 
     artifact_dir.mkdir(parents=True, exist_ok=True)
     store = FileSystemArtifactStore(base_path=str(artifact_dir))
+    existing = {meta.filename: meta.artifact_id for meta in get_all_artifact_meta(study)}
     for path in files:
-        upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=study)
+        if path.name in existing:
+            with path.open("rb") as f:
+                store.write(existing[path.name], f)
+        else:
+            upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=study)
     return len(files)

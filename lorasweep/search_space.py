@@ -116,6 +116,17 @@ class SearchSpace:
     forget_tolerance: float | None = None
     pruner: dict[str, Any] = field(default_factory=lambda: {"name": "none"})
 
+    def with_config(self, overrides: dict[str, Any]) -> SearchSpace:
+        """The space with fixed config fields set from the command line (--model, --domain, ...).
+
+        They become part of the space a study records, so a study never mixes models or data.
+        """
+        if overrides:
+            self.config = {**self.config, **overrides}
+            self.raw = {**self.raw, "config": self.config}
+            TrialConfig.from_dict(self.config, f"{self.path} config")
+        return self
+
     def trial_config(self, values: dict[str, Any]) -> TrialConfig:
         """The config of a trial whose Optuna params are `values`."""
         fields = {}

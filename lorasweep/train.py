@@ -108,6 +108,7 @@ def train_loop(
     on_step: Callable[[int], None] | None = None,
     checkpoints: Collection[int] = (),
     on_checkpoint: Callable[[int, float], None] | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> TrainStats:
     """Train on packed micro-batches (causal LM loss on every token), `grad_accum` per step.
 
@@ -125,16 +126,22 @@ def train_loop(
     for input_ids in batches:
         input_ids = input_ids.to(device, non_blocking=True)
         loss = model(input_ids=input_ids, labels=input_ids).loss / grad_accum
-        loss.backward()
+        (loss if scaler is None else scaler.scale(loss)).backward()
         running += loss.detach()
         tokens += input_ids.numel()
         micro += 1
         if micro % grad_accum:
             continue
         step += 1
+        if scaler is not None:
+            scaler.unscale_(optimizer)  # clip the true gradients
         if max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-        optimizer.step()
+        if scaler is None:
+            optimizer.step()
+        else:
+            scaler.step(optimizer)  # skipped when the scaled gradients overflowed
+            scaler.update()
         optimizer.zero_grad(set_to_none=True)
         if scheduler is not None:
             scheduler.step()

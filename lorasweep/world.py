@@ -134,10 +134,14 @@ SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<bos>", "eos_token": "<eos
 
 @dataclass(frozen=True)
 class Probe:
-    """A question and its answer; correct only if every answer token is predicted exactly."""
+    """A question and its acceptable answers (the world's probes have one)."""
 
     prompt: str
-    answer: str
+    answers: tuple[str, ...]
+
+    @property
+    def answer(self) -> str:
+        return self.answers[0]
 
 
 @dataclass
@@ -181,7 +185,7 @@ def build_world(cfg: WorldConfig) -> World:
         return [f"{p.prompt} {p.answer}" for p in probes(i)]
 
     def probes(i: int) -> list[Probe]:
-        return [Probe(ATTRIBUTES[a][2].format(name=names[i]), people[i][a]) for a in attributes]
+        return [Probe(ATTRIBUTES[a][2].format(name=names[i]), (people[i][a],)) for a in attributes]
 
     general = range(cfg.n_general)
     domain = range(cfg.n_general, cfg.n_general + cfg.n_domain)

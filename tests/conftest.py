@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lorasweep.config import WorldConfig
+from lorasweep.config import TrialConfig, WorldConfig
 
 TINY_WORLD = {
     "n_general": 40,
@@ -81,7 +81,7 @@ def tiny_world() -> WorldConfig:
 def prepared(tiny_world, cache_dir):
     from lorasweep.trial import prepare
 
-    return prepare(tiny_world, cache_dir)
+    return prepare(TrialConfig(world=tiny_world), cache_dir)
 
 
 @pytest.fixture

@@ -72,7 +72,7 @@ def test_knob_changes_what_is_trained(lora, reference, change):
 
 
 def test_settings_that_only_observe_do_not_change_training(lora, reference):
-    more_evals = run_trial(dataclasses.replace(lora, eval_points=4))
+    more_evals = run_trial(dataclasses.replace(lora, eval_points=4, eval_fraction=1.0))
     assert (more_evals["learn"], more_evals["forget"]) == (reference["learn"], reference["forget"])
     assert len(more_evals["learn_curve"]) == 4
 

@@ -107,6 +107,23 @@ def test_report_of_a_real_study_with_failed_and_pruned_trials(tmp_path, cache_di
         "pareto.html",
         "history.html",
     }
+    # a report written again replaces its artifacts' content rather than adding copies
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
+    again = cli(
+        "report",
+        "--storage",
+        url,
+        "--artifact-dir",
+        str(tmp_path / "artifacts"),
+        cwd=tmp_path,
+        env_cache=cache_dir,
+    )
+    assert again.returncode == 0, again.stderr
+    artifacts = optuna.artifacts.get_all_artifact_meta(optuna.load_study(study_name="default", storage=url))
+    assert len(artifacts) == 5
+    report_id = next(a.artifact_id for a in artifacts if a.filename == "report.md")
+    stored = (tmp_path / "artifacts" / report_id).read_text()
+    assert "2 fail" in stored and stored == (out / "report.md").read_text()
 
 
 def test_report_of_a_plain_optuna_study_says_what_is_missing(tmp_path, cache_dir):

@@ -76,3 +76,12 @@ def test_checkpoint_steps_are_spread_and_end_at_the_last_step():
     assert checkpoint_steps(146, 4) == [36, 73, 110, 146]
     assert checkpoint_steps(3, 5) == [1, 2, 3]
     assert checkpoint_steps(10, 0) == []
+
+
+def test_intermediate_evaluations_use_a_subset_measured_against_the_base_on_that_subset(prepared):
+    from lorasweep.evaluate import mean_loss
+
+    probes, heldout, base_loss = prepared.checkpoint_sets(0.5)
+    assert sum(len(b.input_ids) for b in probes) == len(prepared.corpus.domain_probes) // 2
+    assert mean_loss(prepared.base, heldout) == pytest.approx(base_loss, abs=1e-9)  # the base forgets 0
+    assert prepared.checkpoint_sets(1.0)[2] == pytest.approx(prepared.base_metrics["general_loss"], abs=1e-9)

@@ -1,0 +1,168 @@
+"""The text a trial trains on and is measured with: the embedded world, or the user's own files.
+
+    lorasweep optimize --model ./my-model --domain examples/domain.jsonl \
+        --general examples/general.txt --probes examples/probes.jsonl
+
+- `domain`: the new knowledge, trained on in full.
+- `general`: general text; a deterministic `general_heldout` share of its documents measures
+  forgetting, the rest is the replay pool. Without it, the embedded world's general text is used.
+- `probes`: questions about the domain that the text answers but never states in that form.
+  Rows are `{"question", "answer"}` (the prompt is `probe_template` with the question filled in)
+  or cloze `{"prompt", "answer"}`; `answer` may be a list of acceptable answers.
+
+Each source is a local file read through `datasets` (.jsonl, .json, .csv, .parquet; .txt where
+paragraphs separated by a blank line are documents) or a hub dataset already in the local cache,
+written `hub:NAME?config=CONFIG&split=SPLIT` (config optional, split default train). Text rows
+are read from `text_column`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+from lorasweep.config import ConfigError, TrialConfig
+from lorasweep.world import Probe, build_world, world_fingerprint
+
+FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
+
+
+@dataclass
+class Corpus:
+    domain_train: list[str]
+    replay: list[str]  # general text for replay, disjoint from general_heldout
+    general_heldout: list[str]  # the forgetting measure
+    domain_probes: list[Probe]  # learn
+    domain_heldout: list[str] = field(default_factory=list)  # the world's held-out paraphrases only
+    general_probes: list[Probe] = field(default_factory=list)  # the world's general QA only
+    user_probes: bool = False  # scored by greedy generation with normalisation (evaluate.py)
+    fingerprint: str = ""  # of every text and answer, recorded with each trial
+
+
+def load_corpus(config: TrialConfig) -> Corpus:
+    """The world's texts, with whatever the user's files replace."""
+    world = build_world(config.world)
+    if config.domain is None and config.general is None and config.probes is None:
+        return Corpus(
+            domain_train=world.domain_bios,
+            replay=world.general_bios,
+            general_heldout=world.general_heldout_bios,
+            domain_probes=world.domain_probes,
+            domain_heldout=world.domain_heldout_bios,
+            general_probes=world.general_probes,
+            fingerprint=f"world-{world_fingerprint(config.world)}",
+        )
+    if config.domain is None or config.probes is None:
+        raise ConfigError("fields 'domain' and 'probes' go together: the probes ask about the domain text")
+    domain = _texts(config.domain, config.text_column, "domain")
+    probes = _probes(config.probes, config.probe_template)
+    if config.general is None:
+        replay, heldout = world.general_bios, world.general_heldout_bios
+    else:
+        replay, heldout = _split(
+            _texts(config.general, config.text_column, "general"), config.general_heldout
+        )
+    corpus = Corpus(domain, replay, heldout, probes, user_probes=True)
+    corpus.fingerprint = _fingerprint(corpus)
+    return corpus
+
+
+def _split(docs: list[str], share: float) -> tuple[list[str], list[str]]:
+    """(replay, held out): a seeded shuffle, so the split is the same on every run and machine."""
+    order = list(range(len(docs)))
+    random.Random(0).shuffle(order)
+    n_heldout = max(1, round(share * len(docs)))
+    if n_heldout >= len(docs):
+        raise ConfigError(
+            f"field 'general': {len(docs)} documents cannot be split into replay and held-out text"
+        )
+    return [docs[i] for i in order[n_heldout:]], [docs[i] for i in order[:n_heldout]]
+
+
+def _fingerprint(corpus: Corpus) -> str:
+    digest = hashlib.sha256()
+    for part in (corpus.domain_train, corpus.replay, corpus.general_heldout):
+        digest.update(json.dumps(part).encode())
+    digest.update(json.dumps([(p.prompt, p.answers) for p in corpus.domain_probes]).encode())
+    return digest.hexdigest()[:16]
+
+
+def _rows(source: str, what: str) -> list[dict[str, Any]]:
+    """The rows of a local file or a cached hub dataset; every failure is one line naming the source."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    try:
+        if source.startswith("hub:"):
+            name, _, query = source[4:].partition("?")
+            options = {k: v[-1] for k, v in parse_qs(query).items()}
+            unknown = set(options) - {"config", "split"}
+            if unknown or not name:
+                raise ConfigError(f"field '{what}': '{source}' is not hub:NAME?config=CONFIG&split=SPLIT")
+            rows = datasets.load_dataset(
+                name,
+                options.get("config"),
+                split=options.get("split", "train"),
+                download_mode="reuse_dataset_if_exists",
+            )
+        else:
+            path = Path(source)
+            if not path.is_file():
+                raise ConfigError(f"field '{what}': file not found: {source}")
+            kind = FORMATS.get(path.suffix.lower())
+            if kind is None:
+                raise ConfigError(f"field '{what}': {source}: unknown format (allowed: {', '.join(FORMATS)})")
+            if path.stat().st_size == 0:
+                raise ConfigError(f"field '{what}': {source} is empty")
+            extra = {"sample_by": "paragraph"} if kind == "text" else {}
+            rows = datasets.load_dataset(kind, data_files=str(path), split="train", **extra)
+    except ConfigError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, datasets.exceptions.DatasetsError) as err:
+        reason = (str(err).strip().splitlines() or [err.__class__.__name__])[0]
+        raise ConfigError(
+            f"field '{what}': cannot read {source} ({err.__class__.__name__}: {reason})"
+        ) from None
+    if len(rows) == 0:
+        raise ConfigError(f"field '{what}': {source} has no rows")
+    return list(rows)
+
+
+def _texts(source: str, column: str, what: str) -> list[str]:
+    rows = _rows(source, what)
+    if column not in rows[0]:
+        raise ConfigError(
+            f"field '{what}': {source} has no column '{column}' (columns: {', '.join(rows[0])})"
+        )
+    texts = [str(r[column]).strip() for r in rows if r[column] is not None and str(r[column]).strip()]
+    if not texts:
+        raise ConfigError(f"field '{what}': {source} has no non-empty '{column}' values")
+    return texts
+
+
+def _probes(source: str, template: str) -> list[Probe]:
+    rows = _rows(source, "probes")
+    probes = []
+    for i, row in enumerate(rows, start=1):
+        where = f"field 'probes': {source} row {i}"
+        if row.get("prompt") is not None:
+            prompt = str(row["prompt"])
+        elif row.get("question") is not None:
+            prompt = template.replace("{question}", str(row["question"]))
+        else:
+            raise ConfigError(f"{where}: needs a 'question' or a 'prompt' (columns: {', '.join(row)})")
+        answer = row.get("answer")
+        answers = (
+            [str(a) for a in answer] if isinstance(answer, list) else [] if answer is None else [str(answer)]
+        )
+        answers = [a.strip() for a in answers if a.strip()]
+        if not answers:
+            raise ConfigError(f"{where}: has no 'answer'")
+        probes.append(Probe(prompt.rstrip(), tuple(answers)))
+    return probes

@@ -1,0 +1,179 @@
+"""Take a recorded trial out of a study: run it again, or export what it trained.
+
+    lorasweep reproduce --trial 7                # re-run, metrics beside the recorded ones
+    lorasweep reproduce --best --tolerance 0.02  # on a GPU, where kernels are not bit-exact
+    lorasweep export --best --out winner/        # the adapter (or full model), trial.yaml, model card
+
+Both read the trial's recorded config and train it again through `run_trial`: a sweep keeps no
+weights (hundreds of trials would not fit on disk), and on CPU training is deterministic, so the
+re-run is the trial. The recorded fingerprints of the data and base weights say whether the
+inputs are still the ones the trial saw.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import yaml
+
+from lorasweep.config import ConfigError, TrialConfig
+from lorasweep.study import best_trials
+from lorasweep.trial import Prepared, run_trial
+
+COMPARED = ("learn", "forget", "general_loss", "domain_loss", "general_qa_acc")
+
+
+def recorded_trial(study: optuna.Study, number: int | None, best: bool) -> optuna.trial.FrozenTrial:
+    """Trial `number`, or with `best` the best feasible trial (constrained) or the front's top learner."""
+    if (number is None) == (not best):
+        raise ConfigError("give either --trial N or --best")
+    if best:
+        trials = best_trials(study)
+        if not trials:
+            raise ConfigError(f"study '{study.study_name}' has no completed (feasible) trial yet")
+        return trials[0]
+    trials = study.get_trials(deepcopy=False)
+    if not 0 <= number < len(trials):
+        raise ConfigError(f"--trial {number}: study '{study.study_name}' has trials 0..{len(trials) - 1}")
+    return trials[number]
+
+
+def trial_config(frozen: optuna.trial.FrozenTrial) -> TrialConfig:
+    """The config the trial recorded; a trial without one (plain Optuna, or never started) is an error."""
+    recorded = frozen.user_attrs.get("config")
+    if not isinstance(recorded, dict):
+        raise ConfigError(
+            f"trial {frozen.number} has no recorded config (not a lorasweep trial, or it failed before "
+            "sampling): nothing to re-run"
+        )
+    config = TrialConfig.from_dict(recorded, f"trial {frozen.number} config")
+    if config.threads == 0 and frozen.user_attrs.get("threads"):
+        # the thread count the trial ran with: CPU reductions split by thread are not bit-equal
+        config = dataclasses.replace(config, threads=int(frozen.user_attrs["threads"]))
+    return config
+
+
+def changed_inputs(frozen: optuna.trial.FrozenTrial, prepared: Prepared) -> tuple[list[str], list[str]]:
+    """(what differs from the trial's recorded fingerprints, what the trial did not record)."""
+    changed, unknown = [], []
+    for attr, now, what in (
+        ("data_fingerprint", prepared.corpus.fingerprint, "data"),
+        ("base_fingerprint", prepared.base_fingerprint, "base model weights"),
+    ):
+        then = frozen.user_attrs.get(attr)
+        if then is None:
+            unknown.append(f"the trial recorded no {attr} (older lorasweep): cannot check the {what}")
+        elif then != now:
+            changed.append(f"the {what} changed since trial {frozen.number} ({attr} {then} -> {now})")
+    return changed, unknown
+
+
+def compare(recorded: dict, result: dict, tolerance: float) -> list[tuple[str, float, float, bool]]:
+    """(metric, recorded, now, within tolerance) for every compared metric both runs have."""
+    rows = []
+    for key in COMPARED:
+        if isinstance(recorded.get(key), (int, float)) and key in result:
+            then, now = float(recorded[key]), float(result[key])
+            ok = math.isclose(then, now, rel_tol=0.0, abs_tol=tolerance) if tolerance else then == now
+            rows.append((key, then, now, ok))
+    return rows
+
+
+def export_trial(
+    frozen: optuna.trial.FrozenTrial,
+    out: Path,
+    merge: bool = False,
+    cache_dir: Path | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Train the trial again and write its weights, `trial.yaml` and a model card into `out`.
+
+    Adapter trials give a PEFT adapter (`adapter_model.safetensors`, `adapter_config.json`) that
+    plain `PeftModel.from_pretrained(base, out)` loads; with `merge`, the adapter merged into the
+    base, saved as a full model. Full fine-tuning gives the full model.
+    """
+    config = trial_config(frozen)
+    if merge and config.method == "qlora":
+        raise ConfigError(
+            "--merge: a qlora trial's base is quantised, and merging into 4-bit weights loses the "
+            "adapter's precision; export the adapter and merge it into the unquantised base"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save(model, prepared: Prepared) -> None:
+        if merge and config.method != "full":
+            model = model.merge_and_unload()
+        model.save_pretrained(out, safe_serialization=True)
+        prepared.tokenizer.save_pretrained(out)
+
+    result = run_trial(config, on_step=on_step, cache_dir=cache_dir, on_trained=save)
+    (out / "trial.yaml").write_text(yaml.safe_dump(frozen.user_attrs["config"], sort_keys=False))
+    (out / "README.md").write_text(model_card(frozen, result, merge))
+    return result
+
+
+def model_card(frozen: optuna.trial.FrozenTrial, result: dict, merge: bool) -> str:
+    attrs = frozen.user_attrs
+    config = attrs["config"]
+    adapter = config["method"] != "full" and not merge
+    what = (
+        "PEFT adapter"
+        if adapter
+        else "merged model"
+        if config["method"] != "full"
+        else "fully fine-tuned model"
+    )
+    lines = [
+        f"# lorasweep trial {frozen.number}: {config['method']} ({what})",
+        "",
+        f"Exported by `lorasweep export` from trial {frozen.number} of an Optuna study, trained again from",
+        "its recorded config (`trial.yaml`, runnable with `lorasweep run --config trial.yaml`).",
+        "",
+        "| metric | recorded in the study | this export's run |",
+        "|---|---|---|",
+    ]
+    for key, then, now, _ in compare(attrs, result, tolerance=float("inf")):
+        lines.append(f"| {key} | {then:.4f} | {now:.4f} |")
+    lines += [
+        "",
+        "learn: exact match on held-out probes about the new knowledge; forget: increase of the loss",
+        "on held-out general text over the base model (nats/token).",
+        "",
+        "## Provenance",
+        "",
+        f"- base model: `{result['base_model']}` (weights sha256 {result['base_fingerprint']})",
+        f"- data fingerprint: {result['data_fingerprint']}",
+        f"- method {config['method']}, learning rate {config['learning_rate']:g}, "
+        + (
+            f"rank {config['rank']}, alpha {config['alpha']:g}, targets {attrs.get('target_modules_resolved')}, "
+            if config["method"] != "full"
+            else ""
+        )
+        + f"{result['train_steps']} steps, seed {config['seed']}, {result['dtype']} on {result['device']}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()),
+        "",
+        "## Loading",
+        "",
+        "```python",
+    ]
+    if adapter:
+        lines += [
+            "from peft import PeftModel",
+            "from transformers import AutoModelForCausalLM, AutoTokenizer",
+            "",
+            f'base = AutoModelForCausalLM.from_pretrained("{result["base_model"]}")',
+            'model = PeftModel.from_pretrained(base, "<this directory>")',
+            'tokenizer = AutoTokenizer.from_pretrained("<this directory>")',
+        ]
+    else:
+        lines += [
+            "from transformers import AutoModelForCausalLM, AutoTokenizer",
+            "",
+            'model = AutoModelForCausalLM.from_pretrained("<this directory>")',
+            'tokenizer = AutoTokenizer.from_pretrained("<this directory>")',
+        ]
+    return "\n".join([*lines, "```", ""])

@@ -1,0 +1,217 @@
+"""A user's own model and files: every supported architecture, the formats, and the errors."""
+
+import json
+
+import pytest
+import torch
+import yaml
+from conftest import cli
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+from lorasweep.config import ConfigError, TrialConfig
+from lorasweep.corpus import load_corpus
+from lorasweep.evaluate import generated_match, normalize
+from lorasweep.world import Probe
+
+EXAMPLES = {name: f"examples/{name}" for name in ("domain.jsonl", "general.txt", "probes.jsonl")}
+SHAPE = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
+LLAMA_LIKE = {**SHAPE, "num_key_value_heads": 2, "max_position_embeddings": 128}
+ARCHITECTURES = {
+    "llama": lambda ids: LlamaForCausalLM(LlamaConfig(**ids, **LLAMA_LIKE)),
+    "qwen2": lambda ids: Qwen2ForCausalLM(Qwen2Config(**ids, **LLAMA_LIKE)),
+    "mistral": lambda ids: MistralForCausalLM(MistralConfig(**ids, **LLAMA_LIKE)),
+    "gpt_neox": lambda ids: GPTNeoXForCausalLM(GPTNeoXConfig(**ids, **SHAPE, max_position_embeddings=128)),
+    "gpt2": lambda ids: GPT2LMHeadModel(GPT2Config(**ids, n_embd=32, n_layer=1, n_head=2, n_positions=128)),
+}
+
+
+@pytest.fixture(scope="module")
+def repo(request):
+    return request.config.rootpath
+
+
+def tokenizer(repo) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on the example texts, with an EOS and, like many, no pad token."""
+    texts = [json.loads(line)["text"] for line in (repo / EXAMPLES["domain.jsonl"]).read_text().splitlines()]
+    texts += (repo / EXAMPLES["general.txt"]).read_text().split("\n\n")
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    core.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eos>")
+
+
+@pytest.fixture(scope="module")
+def model_dirs(repo, tmp_path_factory):
+    tok = tokenizer(repo)
+    dirs = {}
+    for name, build in ARCHITECTURES.items():
+        torch.manual_seed(0)
+        path = tmp_path_factory.mktemp(name)
+        # the token ids in the model's config match its tokenizer's, as in a released checkpoint;
+        # embeddings padded beyond the tokenizer, as released models often are (transformers
+        # loads Qwen2's own tokenizer class here, which adds a token)
+        ids = {"vocab_size": len(tok) + 8, "bos_token_id": None, "eos_token_id": tok.eos_token_id}
+        build(ids).save_pretrained(path)
+        tok.save_pretrained(path)
+        dirs[name] = path
+    return dirs
+
+
+def user_config(repo, model_dir, **fields) -> TrialConfig:
+    files = {k.split(".")[0]: str(repo / v) for k, v in EXAMPLES.items()}
+    return TrialConfig(
+        model=str(model_dir),
+        domain=files["domain"],
+        general=files["general"],
+        probes=files["probes"],
+        batch_size=4,
+        max_length=32,
+        max_steps=3,
+        eval_points=0,
+        **fields,
+    )
+
+
+@pytest.mark.parametrize("architecture", list(ARCHITECTURES))
+def test_lora_and_full_trials_of_every_architecture_through_the_cli(architecture, model_dirs, repo, tmp_path):
+    space = {
+        "config": {
+            "batch_size": 4,
+            "max_length": 32,
+            "max_steps": 3,
+            "eval_points": 1,
+            "target_modules": "attention",
+        },
+        "params": {
+            "method": {"choices": ["lora", "full"]},
+            "learning_rate": {"low": 1e-4, "high": 1e-3, "log": True},
+        },
+        "baselines": [{"method": "lora", "learning_rate": 1e-3}, {"method": "full", "learning_rate": 1e-4}],
+    }
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    url = f"sqlite:///{tmp_path}/s.db"
+    result = cli(
+        "optimize",
+        "--space",
+        "space.yaml",
+        "--storage",
+        url,
+        "--n-trials",
+        "2",
+        "--model",
+        str(model_dirs[architecture]),
+        "--domain",
+        str(repo / EXAMPLES["domain.jsonl"]),
+        "--general",
+        str(repo / EXAMPLES["general.txt"]),
+        "--probes",
+        str(repo / EXAMPLES["probes.jsonl"]),
+        cwd=tmp_path,
+        env_cache=tmp_path / "cache",
+    )
+    assert result.returncode == 0, result.stderr
+    import optuna
+
+    study = optuna.load_study(study_name="default", storage=url)
+    trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert sorted(t.user_attrs["method"] for t in trials) == ["full", "lora"]
+    for t in trials:
+        assert 0.0 <= t.values[0] <= 1.0 and t.user_attrs["base_model"] == str(model_dirs[architecture])
+        assert (
+            t.user_attrs["config"]["probes"].endswith("probes.jsonl")
+            and len(t.user_attrs["data_fingerprint"]) == 16
+        )
+        assert "general_qa_acc" not in t.user_attrs  # the user's data has no general QA
+    assert study.user_attrs["space"]["config"]["model"] == str(model_dirs[architecture])
+    assert not (tmp_path / "cache").exists()  # no embedded base model was built
+
+
+def test_user_files_are_read_and_split_deterministically(repo, model_dirs):
+    corpus = load_corpus(user_config(repo, model_dirs["llama"]))
+    assert len(corpus.domain_train) == 12 and len(corpus.domain_probes) == 18
+    assert len(corpus.general_heldout) == 2 and len(corpus.replay) == 10  # 12 paragraphs, 20% held out
+    assert corpus.domain_probes[0].prompt == "Question: Where was Orla Venn born?\nAnswer:"
+    assert corpus.domain_probes[1].answers == ("the Marrow Institute", "Marrow Institute")
+    assert corpus.domain_probes[2].prompt == "Orla Venn is best known for work on"
+    assert load_corpus(user_config(repo, model_dirs["llama"])).fingerprint == corpus.fingerprint
+
+
+def test_probes_are_scored_by_greedy_generation_after_normalisation():
+    from lorasweep.world import make_tokenizer
+
+    tok = make_tokenizer()  # word-level: every generated token decodes to a whole word
+    torch.manual_seed(0)
+    model = ARCHITECTURES["llama"](
+        {"vocab_size": len(tok), "bos_token_id": None, "eos_token_id": tok.eos_token_id}
+    )
+    prompt = "Vara Lo was born in"
+    ids = tok(prompt, return_tensors="pt").input_ids
+    out = model.generate(
+        ids, max_new_tokens=2, do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=None
+    )
+    said = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    assert normalize(f" The {said.upper()}!") == normalize(said) != ""
+    right = Probe(prompt, ("no such answer", f"{said.upper()}."))
+    wrong = Probe(prompt, ("no such answer",))
+    assert generated_match(model, tok, [right, wrong], batch_size=2) == 0.5
+
+
+def test_bad_user_data_is_a_one_line_error(repo, model_dirs, tmp_path):
+    base = user_config(repo, model_dirs["llama"])
+
+    def error(**fields) -> str:
+        with pytest.raises(ConfigError) as err:
+            load_corpus(TrialConfig(**{**base.__dict__, **fields}))
+        assert "\n" not in str(err.value)
+        return str(err.value)
+
+    assert "file not found" in error(domain=str(tmp_path / "none.jsonl"))
+    (tmp_path / "x.docx").write_text("x")
+    assert "unknown format (allowed: .jsonl, .json, .csv, .parquet, .txt)" in error(
+        domain=str(tmp_path / "x.docx")
+    )
+    (tmp_path / "empty.jsonl").write_text("")
+    assert "is empty" in error(domain=str(tmp_path / "empty.jsonl"))
+    (tmp_path / "body.jsonl").write_text('{"body": "x"}\n')
+    assert "has no column 'text' (columns: body)" in error(domain=str(tmp_path / "body.jsonl"))
+    (tmp_path / "noanswer.jsonl").write_text('{"question": "Who?"}\n')
+    assert "row 1: has no 'answer'" in error(probes=str(tmp_path / "noanswer.jsonl"))
+    (tmp_path / "broken.jsonl").write_text('{"text": \n')
+    assert "cannot read" in error(domain=str(tmp_path / "broken.jsonl"))
+    assert "'domain' and 'probes' go together" in error(probes=None)
+    assert "hub:NAME?config=CONFIG&split=SPLIT" in error(domain="hub:?what=1")
+    with pytest.raises(ConfigError, match="allowed: a text containing \\{question\\}"):
+        TrialConfig.from_dict({"probe_template": "Q:"}, "t.yaml")
+
+
+def test_an_answer_longer_than_the_context_is_an_error(repo, model_dirs, tmp_path):
+    from lorasweep.trial import prepare
+
+    (tmp_path / "long.jsonl").write_text(
+        json.dumps({"prompt": "Orla Venn is", "answer": "very " * 200}) + "\n"
+    )
+    with pytest.raises(
+        ConfigError, match="probe 1 takes .* tokens with its answer; the evaluation context is 128"
+    ):
+        prepare(
+            TrialConfig(
+                **{**user_config(repo, model_dirs["llama"]).__dict__, "probes": str(tmp_path / "long.jsonl")}
+            )
+        )
