@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -86,7 +87,7 @@ def _quiet_libraries() -> None:
     import optuna
     import transformers
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # trial lines below carry failure reasons
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     logging.getLogger("peft").setLevel(logging.ERROR)
@@ -169,6 +170,9 @@ def optimize(
             progress.advance(trials)
             progress.console.print(_trial_line(frozen), highlight=False)
 
+        # SIGTERM (a scheduler, `kill`) ends the run like Ctrl-C: the running trial is marked
+        # failed with the reason, and the study stays consistent for the next optimize
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
             opened.optimize(
                 make_objective(searched, on_step, cache_dir, artifact_dir),
@@ -177,13 +181,19 @@ def optimize(
                 callbacks=[on_trial],
                 catch=TRIAL_FAILURES,
             )
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as err:
             progress.stop()
             err_console.print("interrupted: the running trial is marked failed; run again to resume")
-            raise typer.Exit(130) from None
+            raise typer.Exit(143 if str(err) == "SIGTERM" else 130) from None
     _print_best(opened)
     dashboard = f"optuna-dashboard {storage_label(storage)} --artifact-dir {artifact_dir}"  # password masked
     console.print(f"\nopen the dashboard:  {dashboard}", markup=False, highlight=False)
+
+
+def _interrupt(signum: int, _frame) -> None:
+    from lorasweep.objective import Interrupted
+
+    raise Interrupted(signal.Signals(signum).name)
 
 
 def _trial_line(frozen) -> str:

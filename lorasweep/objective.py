@@ -12,11 +12,13 @@ trial records the step and the reason.
 
 from __future__ import annotations
 
+import gc
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import optuna
+import torch
 import yaml
 
 from lorasweep.config import ConfigError
@@ -26,8 +28,13 @@ from lorasweep.train import NonFiniteLoss
 from lorasweep.trial import run_trial
 
 # Failures that belong to one configuration, not to the sweep (a diverged loss, a target preset
-# the architecture lacks): the trial is recorded as failed with the reason, and the study goes on.
-TRIAL_FAILURES = (NonFiniteLoss, ConfigError)
+# the architecture lacks, a batch too big for the memory): the trial is recorded as failed with
+# the reason, its memory is released, and the study goes on.
+TRIAL_FAILURES = (NonFiniteLoss, ConfigError, torch.OutOfMemoryError)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM during a trial: Optuna marks the trial failed, the command exits cleanly."""
 
 
 def make_objective(
@@ -73,6 +80,10 @@ def make_objective(
             result = run_trial(config, on_step=on_step, on_eval=on_eval, cache_dir=cache_dir)
         except TRIAL_FAILURES as err:
             trial.set_user_attr("fail_reason", f"{err.__class__.__name__}: {err}")
+            release_memory()
+            raise
+        except KeyboardInterrupt as err:
+            trial.set_user_attr("fail_reason", f"interrupted by {str(err) or 'SIGINT'}")
             raise
         report(trial, result["train_steps"], result["learn"])  # the last point of the learning curve
         for key, value in result.items():
@@ -85,6 +96,13 @@ def make_objective(
         return result["learn"], result["forget"]
 
     return objective
+
+
+def release_memory() -> None:
+    """Free what a failed trial left behind before the next one starts."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def attach_config(trial: optuna.Trial, config: dict, artifact_dir: Path) -> None:

@@ -1,0 +1,86 @@
+"""Faults a sweep must survive: Ctrl-C or SIGTERM mid-trial, a trial out of memory."""
+
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+import torch
+import yaml
+from conftest import TINY_SPACE, cli
+
+from lorasweep.objective import TRIAL_FAILURES, make_objective
+from lorasweep.search_space import load_space
+from lorasweep.study import open_study
+
+
+def running_trial(url: str) -> bool:
+    try:
+        study = optuna.load_study(study_name="default", storage=url)
+    except KeyError:
+        return False
+    return any(t.state == optuna.trial.TrialState.RUNNING for t in study.trials)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_fails_the_running_trial_and_the_study_resumes(sig, tmp_path, cache_dir, prepared):
+    long = {**TINY_SPACE, "config": {**TINY_SPACE["config"], "train_tokens": 8192 * 10}}
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(long, sort_keys=False))
+    url = f"sqlite:///{tmp_path}/s.db"
+    command = [sys.executable, "-m", "lorasweep", "optimize", "--space", "space.yaml", "--storage", url]
+    worker = subprocess.Popen(
+        [*command, "--n-trials", "2"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not running_trial(url):
+        assert worker.poll() is None and time.monotonic() < deadline, worker.communicate()
+        time.sleep(0.2)
+    time.sleep(1.0)  # inside the training loop
+    worker.send_signal(sig)
+    _, stderr = worker.communicate(timeout=60)
+    assert worker.returncode == (143 if sig == signal.SIGTERM else 130), stderr
+    assert "interrupted: the running trial is marked failed; run again to resume" in stderr
+    assert "Traceback" not in stderr
+    (failed,) = optuna.load_study(study_name="default", storage=url).get_trials(
+        states=(optuna.trial.TrialState.FAIL,)
+    )
+    assert failed.user_attrs["fail_reason"] == f"interrupted by {sig.name}"
+    assert not running_trial(url)
+    resumed = cli(
+        "optimize",
+        "--space",
+        "space.yaml",
+        "--storage",
+        url,
+        "--n-trials",
+        "1",
+        cwd=tmp_path,
+        env_cache=cache_dir,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    states = [t.state.name for t in optuna.load_study(study_name="default", storage=url).trials]
+    assert states.count("FAIL") == 1 and states.count("COMPLETE") == 1 and "RUNNING" not in states
+
+
+def test_a_trial_out_of_memory_is_failed_with_the_reason_and_the_sweep_goes_on(
+    tmp_path, prepared, monkeypatch
+):
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(TINY_SPACE, sort_keys=False))
+    space = load_space(tmp_path / "space.yaml")
+    study = open_study("oom", f"sqlite:///{tmp_path}/s.db", space, seed=0)
+    real_step, injected = torch.optim.AdamW.step, []
+
+    def step(self, *args, **kwargs):  # the first optimizer step of the sweep runs out of memory
+        if not injected:
+            injected.append(True)
+            raise torch.OutOfMemoryError("injected: CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    study.optimize(make_objective(space), n_trials=2, catch=TRIAL_FAILURES)
+    first, second = study.trials[:2]
+    assert first.state == optuna.trial.TrialState.FAIL
+    assert first.user_attrs["fail_reason"].startswith("OutOfMemoryError: injected: CUDA out of memory")
+    assert second.state == optuna.trial.TrialState.COMPLETE
