@@ -120,6 +120,12 @@ def optimize(
     probes: Probes = None,
     trust_remote_code: TrustRemoteCode = False,
     artifact_dir: ArtifactDir = Path("results/artifacts"),
+    heartbeat_interval: Annotated[
+        int, typer.Option(help="Seconds between a running trial's heartbeats.")
+    ] = 30,
+    grace_period: Annotated[
+        int, typer.Option(help="Seconds without a heartbeat after which a trial's worker counts as dead.")
+    ] = 120,
     cache_dir: CacheDir = None,
 ) -> None:
     """Run an Optuna study of fine-tuning trials; re-running adds trials to the same study."""
@@ -131,6 +137,11 @@ def optimize(
             raise ConfigError(f"--n-trials is {n_trials}; allowed: an integer >= 1")
         if timeout is not None and timeout <= 0:
             raise ConfigError(f"--timeout is {timeout}; allowed: a number of seconds > 0")
+        if not 0 < heartbeat_interval < grace_period:
+            raise ConfigError(
+                f"--heartbeat-interval {heartbeat_interval} and --grace-period {grace_period}: "
+                "allowed: 0 < interval < grace period"
+            )
         searched = load_space(space).with_config(
             _overrides(model, domain, general, probes, trust_remote_code)
         )
@@ -150,7 +161,7 @@ def optimize(
         # leaves no study behind
         with user_errors():
             prepared = prepare(fixed, cache_dir, on_build_step)
-            opened = open_study(study, storage, searched, seed)
+            opened = open_study(study, storage, searched, seed, (heartbeat_interval, grace_period))
         progress.update(build, visible=False)
         finished = sum(t.state.is_finished() for t in opened.trials)
         progress.console.print(

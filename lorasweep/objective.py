@@ -73,6 +73,12 @@ def make_objective(
                         f"evaluation {index + 1} (step {step}) dominated by >= {k} completed trials",
                     )
 
+        frozen = trial.study.get_trials(deepcopy=False)[trial.number]
+        retried = optuna.storages.RetryFailedTrialCallback.retried_trial_number(frozen)
+        if retried is not None:  # a dead worker's trial, run again: shown in the dashboard
+            trial.set_user_attr("retry_of", retried)
+            history = optuna.storages.RetryFailedTrialCallback.retry_history(frozen)
+            trial.set_user_attr("retry_history", history)
         try:
             config = space.suggest(trial)
             trial.set_user_attr("method", config.method)

@@ -25,13 +25,21 @@ OBJECTIVES = {
     "constrained": (["learn"], ["maximize"]),  # forget <= tolerance as an Optuna constraint
 }
 SQLITE_TIMEOUT_S = 60  # busy timeout, so several local workers wait for the lock instead of failing
+HEARTBEAT_S = 30  # a running trial writes a heartbeat this often
+GRACE_S = 120  # without one for this long, its worker is taken for dead
+MAX_RETRY = 2  # a dead worker's trial is run again, with the same params, at most this often
 
 
-def storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
+def storage(
+    url: str, create: bool = True, heartbeat: tuple[int, int] | None = None
+) -> optuna.storages.RDBStorage:
     """Optuna's RDB storage for `url`; a bad URL is a one-line ConfigError, not a traceback.
 
     With `create=False` (commands that only read) a missing SQLite file is an error rather than
-    an empty database created on the spot.
+    an empty database created on the spot. With `heartbeat=(interval, grace)` (commands that run
+    trials), a trial whose worker died (SIGKILL, a lost machine) is marked failed once its
+    heartbeat is older than `grace` seconds, when any worker starts its next trial, and run again
+    (Optuna's RetryFailedTrialCallback; the retry records `failed_trial` and `retry_history`).
     """
     scheme = url.split(":", 1)[0].split("+", 1)[0]
     if "://" not in url or scheme not in ("sqlite", "postgresql", "mysql"):
@@ -47,7 +55,15 @@ def storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        if heartbeat is None:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=heartbeat[0],
+            grace_period=heartbeat[1],
+            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRY),
+        )
     except (SQLAlchemyError, ImportError, ValueError) as err:  # bad URL, missing driver, refused
         reason = str(err).strip().splitlines()[0]
         raise ConfigError(
@@ -63,9 +79,11 @@ def storage_label(url: str) -> str:
         return url.split("@", 1)[-1] if "@" in url else url
 
 
-def open_study(name: str, url: str, space: SearchSpace, seed: int) -> optuna.Study:
+def open_study(
+    name: str, url: str, space: SearchSpace, seed: int, heartbeat: tuple[int, int] = (HEARTBEAT_S, GRACE_S)
+) -> optuna.Study:
     """Create the study, or load it to add trials; a study keeps the space it was created with."""
-    store = storage(url)
+    store = storage(url, heartbeat=heartbeat)
     exists = name in optuna.get_all_study_names(store)
     if exists:
         study = optuna.load_study(study_name=name, storage=store)

@@ -84,3 +84,44 @@ def test_a_trial_out_of_memory_is_failed_with_the_reason_and_the_sweep_goes_on(
     assert first.state == optuna.trial.TrialState.FAIL
     assert first.user_attrs["fail_reason"].startswith("OutOfMemoryError: injected: CUDA out of memory")
     assert second.state == optuna.trial.TrialState.COMPLETE
+
+
+def test_a_killed_workers_trial_is_failed_by_heartbeat_and_run_again(tmp_path, cache_dir, prepared):
+    space = {k: v for k, v in TINY_SPACE.items() if k != "baselines"}
+    space["config"] = {**TINY_SPACE["config"], "train_tokens": 8192 * 10}
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
+    url = f"sqlite:///{tmp_path}/s.db"
+    command = [sys.executable, "-m", "lorasweep", "optimize", "--space", "space.yaml", "--storage", url]
+    heartbeat = ("--heartbeat-interval", "1", "--grace-period", "3")
+    worker = subprocess.Popen(
+        [*command, *heartbeat, "--n-trials", "1"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while not running_trial(url):
+        assert worker.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    time.sleep(1.0)  # inside the training loop
+    worker.kill()  # SIGKILL: no handler runs, the trial stays RUNNING in the storage
+    worker.wait()
+    assert running_trial(url)
+    time.sleep(4)  # past the grace period
+    survivor = cli(
+        "optimize",
+        "--space",
+        "space.yaml",
+        "--storage",
+        url,
+        *heartbeat,
+        "--n-trials",
+        "1",
+        cwd=tmp_path,
+        env_cache=cache_dir,
+    )
+    assert survivor.returncode == 0, survivor.stderr
+    dead, retry = optuna.load_study(study_name="default", storage=url).trials
+    assert dead.state == optuna.trial.TrialState.FAIL and retry.state == optuna.trial.TrialState.COMPLETE
+    assert retry.params == dead.params
+    assert retry.user_attrs["retry_of"] == dead.number and retry.user_attrs["retry_history"] == [dead.number]
