@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import sys
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -126,10 +127,22 @@ def optimize(
     grace_period: Annotated[
         int, typer.Option(help="Seconds without a heartbeat after which a trial's worker counts as dead.")
     ] = 120,
+    workers: Annotated[
+        int, typer.Option(help="Worker processes on this machine, sharing --n-trials and the cores.")
+    ] = 1,
+    devices: Annotated[
+        str | None, typer.Option(help="GPUs, one per worker, e.g. 0,1,2,3 (sets CUDA_VISIBLE_DEVICES).")
+    ] = None,
     cache_dir: CacheDir = None,
 ) -> None:
-    """Run an Optuna study of fine-tuning trials; re-running adds trials to the same study."""
+    """Run an Optuna study of fine-tuning trials; re-running adds trials to the same study.
+
+    --n-trials counts the trials this run adds, across all its workers.
+    """
     from lorasweep.search_space import load_space
+    from lorasweep.workers import pin_cpus, run_workers
+
+    pin_cpus()  # a worker started by --workers runs on its own cores
     from lorasweep.study import open_study, storage_label
 
     with user_errors():
@@ -141,6 +154,13 @@ def optimize(
             raise ConfigError(
                 f"--heartbeat-interval {heartbeat_interval} and --grace-period {grace_period}: "
                 "allowed: 0 < interval < grace period"
+            )
+        if workers < 1:
+            raise ConfigError(f"--workers is {workers}; allowed: an integer >= 1")
+        gpus = devices.split(",") if devices else None
+        if gpus is not None and (len(gpus) != workers or not all(g.strip().isdigit() for g in gpus)):
+            raise ConfigError(
+                f"--devices '{devices}': allowed: {workers} GPU indices, one per worker, e.g. 0,1"
             )
         searched = load_space(space).with_config(
             _overrides(model, domain, general, probes, trust_remote_code)
@@ -172,30 +192,52 @@ def optimize(
         if "base_metrics" not in opened.user_attrs:
             opened.set_user_attr("base_metrics", prepared.base_metrics)
         trials = progress.add_task("trials", total=n_trials)
-        steps = progress.add_task("steps", total=None)
-
-        def on_step(step: int, total: int) -> None:
-            progress.update(steps, completed=step, total=total)
 
         def on_trial(_study, frozen) -> None:
             progress.advance(trials)
             progress.console.print(_trial_line(frozen), highlight=False)
 
-        # SIGTERM (a scheduler, `kill`) ends the run like Ctrl-C: the running trial is marked
-        # failed with the reason, and the study stays consistent for the next optimize
-        signal.signal(signal.SIGTERM, _interrupt)
-        try:
-            opened.optimize(
-                make_objective(searched, on_step, cache_dir, artifact_dir),
-                n_trials=n_trials,
-                timeout=timeout,
-                callbacks=[on_trial],
-                catch=TRIAL_FAILURES,
+        if workers > 1:
+            # the same command, less --workers/--devices, as each worker runs it
+            command = [sys.executable, "-m", "lorasweep", "optimize", "--space", str(space), "--study", study]
+            command += ["--storage", storage, "--artifact-dir", str(artifact_dir)]
+            command += ["--heartbeat-interval", str(heartbeat_interval), "--grace-period", str(grace_period)]
+            given = {"--timeout": timeout, "--model": model, "--domain": domain, "--general": general}
+            for option, value in {**given, "--probes": probes, "--cache-dir": cache_dir}.items():
+                if value is not None:
+                    command += [option, str(value)]
+            command += ["--trust-remote-code"] if trust_remote_code else []
+            code, log = run_workers(
+                command, n_trials, workers, seed, gpus, opened, lambda t: on_trial(None, t)
             )
-        except KeyboardInterrupt as err:
-            progress.stop()
-            err_console.print("interrupted: the running trial is marked failed; run again to resume")
-            raise typer.Exit(143 if str(err) == "SIGTERM" else 130) from None
+            if code in (130, 143):
+                progress.stop()
+                err_console.print("interrupted: the running trials are marked failed; run again to resume")
+            elif code:
+                err_console.print(f"a worker failed (exit {code}):\n{log.strip()[-2000:]}", markup=False)
+            if code:
+                raise typer.Exit(code)
+        else:
+            steps = progress.add_task("steps", total=None)
+
+            def on_step(step: int, total: int) -> None:
+                progress.update(steps, completed=step, total=total)
+
+            # SIGTERM (a scheduler, `kill`) ends the run like Ctrl-C: the running trial is marked
+            # failed with the reason, and the study stays consistent for the next optimize
+            signal.signal(signal.SIGTERM, _interrupt)
+            try:
+                opened.optimize(
+                    make_objective(searched, on_step, cache_dir, artifact_dir),
+                    n_trials=n_trials,
+                    timeout=timeout,
+                    callbacks=[on_trial],
+                    catch=TRIAL_FAILURES,
+                )
+            except KeyboardInterrupt as err:
+                progress.stop()
+                err_console.print("interrupted: the running trial is marked failed; run again to resume")
+                raise typer.Exit(143 if str(err) == "SIGTERM" else 130) from None
     _print_best(opened)
     dashboard = f"optuna-dashboard {storage_label(storage)} --artifact-dir {artifact_dir}"  # password masked
     console.print(f"\nopen the dashboard:  {dashboard}", markup=False, highlight=False)
