@@ -215,3 +215,15 @@ def test_an_answer_longer_than_the_context_is_an_error(repo, model_dirs, tmp_pat
                 **{**user_config(repo, model_dirs["llama"]).__dict__, "probes": str(tmp_path / "long.jsonl")}
             )
         )
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".json"])
+def test_every_file_format_reads_the_same_documents(suffix, repo, model_dirs, tmp_path):
+    import datasets
+
+    rows = datasets.load_dataset("json", data_files=str(repo / EXAMPLES["domain.jsonl"]), split="train")
+    path = tmp_path / f"domain{suffix}"
+    {".csv": rows.to_csv, ".parquet": rows.to_parquet, ".json": rows.to_json}[suffix](str(path))
+    config = user_config(repo, model_dirs["llama"])
+    reference = load_corpus(config).domain_train
+    assert load_corpus(TrialConfig(**{**config.__dict__, "domain": str(path)})).domain_train == reference
