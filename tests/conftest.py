@@ -84,6 +84,32 @@ def prepared(tiny_world, cache_dir):
     return prepare(TrialConfig(world=tiny_world), cache_dir)
 
 
+@pytest.fixture(scope="session")
+def llama_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama with the world's tokenizer, saved the way Hugging Face ships models."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lorasweep.world import make_tokenizer
+
+    path = tmp_path_factory.mktemp("llama")
+    tokenizer = make_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 @pytest.fixture
 def tiny_space(tmp_path) -> Path:
     path = tmp_path / "tiny.yaml"

@@ -1,19 +1,22 @@
-"""Faults a sweep must survive: Ctrl-C or SIGTERM mid-trial, a trial out of memory."""
+"""Faults a sweep must survive: Ctrl-C or SIGTERM mid-trial, a killed worker, a trial out of memory."""
 
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import pytest
 import torch
 import yaml
-from conftest import TINY_SPACE, cli
+from conftest import TINY_SPACE, optimize
 
 from lorasweep.objective import TRIAL_FAILURES, make_objective
 from lorasweep.search_space import load_space
 from lorasweep.study import open_study
+
+HEARTBEAT = ("--heartbeat-interval", "1", "--grace-period", "3")
 
 
 def running_trial(url: str) -> bool:
@@ -24,20 +27,36 @@ def running_trial(url: str) -> bool:
     return any(t.state == optuna.trial.TrialState.RUNNING for t in study.trials)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_signal_fails_the_running_trial_and_the_study_resumes(sig, tmp_path, cache_dir, prepared):
-    long = {**TINY_SPACE, "config": {**TINY_SPACE["config"], "train_tokens": 8192 * 10}}
-    (tmp_path / "space.yaml").write_text(yaml.safe_dump(long, sort_keys=False))
+def worker_in_a_trial(tmp_path: Path, space: dict, *args: str) -> tuple[subprocess.Popen, str]:
+    """`lorasweep optimize` on `space` (trials ~10x the tiny default), once it is training a trial."""
+    space = {**space, "config": {**space["config"], "train_tokens": 8192 * 10}}
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
     url = f"sqlite:///{tmp_path}/s.db"
-    command = [sys.executable, "-m", "lorasweep", "optimize", "--space", "space.yaml", "--storage", url]
+    command = [
+        sys.executable,
+        "-m",
+        "lorasweep",
+        "optimize",
+        "--space",
+        "space.yaml",
+        "--storage",
+        url,
+        *args,
+    ]
     worker = subprocess.Popen(
-        [*command, "--n-trials", "2"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     deadline = time.monotonic() + 120
     while not running_trial(url):
         assert worker.poll() is None and time.monotonic() < deadline, worker.communicate()
         time.sleep(0.2)
-    time.sleep(1.0)  # inside the training loop
+    time.sleep(1.0)  # past sampling, inside the training loop
+    return worker, url
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_fails_the_running_trial_and_the_study_resumes(sig, tmp_path, cache_dir, prepared):
+    worker, url = worker_in_a_trial(tmp_path, TINY_SPACE, "--n-trials", "2")
     worker.send_signal(sig)
     _, stderr = worker.communicate(timeout=60)
     assert worker.returncode == (143 if sig == signal.SIGTERM else 130), stderr
@@ -48,20 +67,23 @@ def test_a_signal_fails_the_running_trial_and_the_study_resumes(sig, tmp_path, c
     )
     assert failed.user_attrs["fail_reason"] == f"interrupted by {sig.name}"
     assert not running_trial(url)
-    resumed = cli(
-        "optimize",
-        "--space",
-        "space.yaml",
-        "--storage",
-        url,
-        "--n-trials",
-        "1",
-        cwd=tmp_path,
-        env_cache=cache_dir,
-    )
-    assert resumed.returncode == 0, resumed.stderr
+    optimize(tmp_path, cache_dir, "space.yaml", "--n-trials", "1")  # resumes
     states = [t.state.name for t in optuna.load_study(study_name="default", storage=url).trials]
     assert states.count("FAIL") == 1 and states.count("COMPLETE") == 1 and "RUNNING" not in states
+
+
+def test_a_killed_workers_trial_is_failed_by_heartbeat_and_run_again(tmp_path, cache_dir, prepared):
+    no_baselines = {k: v for k, v in TINY_SPACE.items() if k != "baselines"}
+    worker, url = worker_in_a_trial(tmp_path, no_baselines, *HEARTBEAT, "--n-trials", "1")
+    worker.kill()  # SIGKILL: no handler runs, the trial stays RUNNING in the storage
+    worker.communicate()
+    assert running_trial(url)
+    time.sleep(4)  # past the grace period
+    optimize(tmp_path, cache_dir, "space.yaml", *HEARTBEAT, "--n-trials", "1")
+    dead, retry = optuna.load_study(study_name="default", storage=url).trials
+    assert dead.state == optuna.trial.TrialState.FAIL and retry.state == optuna.trial.TrialState.COMPLETE
+    assert retry.params == dead.params
+    assert retry.user_attrs["retry_of"] == dead.number and retry.user_attrs["retry_history"] == [dead.number]
 
 
 def test_a_trial_out_of_memory_is_failed_with_the_reason_and_the_sweep_goes_on(
@@ -84,44 +106,3 @@ def test_a_trial_out_of_memory_is_failed_with_the_reason_and_the_sweep_goes_on(
     assert first.state == optuna.trial.TrialState.FAIL
     assert first.user_attrs["fail_reason"].startswith("OutOfMemoryError: injected: CUDA out of memory")
     assert second.state == optuna.trial.TrialState.COMPLETE
-
-
-def test_a_killed_workers_trial_is_failed_by_heartbeat_and_run_again(tmp_path, cache_dir, prepared):
-    space = {k: v for k, v in TINY_SPACE.items() if k != "baselines"}
-    space["config"] = {**TINY_SPACE["config"], "train_tokens": 8192 * 10}
-    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
-    url = f"sqlite:///{tmp_path}/s.db"
-    command = [sys.executable, "-m", "lorasweep", "optimize", "--space", "space.yaml", "--storage", url]
-    heartbeat = ("--heartbeat-interval", "1", "--grace-period", "3")
-    worker = subprocess.Popen(
-        [*command, *heartbeat, "--n-trials", "1"],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 120
-    while not running_trial(url):
-        assert worker.poll() is None and time.monotonic() < deadline
-        time.sleep(0.2)
-    time.sleep(1.0)  # inside the training loop
-    worker.kill()  # SIGKILL: no handler runs, the trial stays RUNNING in the storage
-    worker.wait()
-    assert running_trial(url)
-    time.sleep(4)  # past the grace period
-    survivor = cli(
-        "optimize",
-        "--space",
-        "space.yaml",
-        "--storage",
-        url,
-        *heartbeat,
-        "--n-trials",
-        "1",
-        cwd=tmp_path,
-        env_cache=cache_dir,
-    )
-    assert survivor.returncode == 0, survivor.stderr
-    dead, retry = optuna.load_study(study_name="default", storage=url).trials
-    assert dead.state == optuna.trial.TrialState.FAIL and retry.state == optuna.trial.TrialState.COMPLETE
-    assert retry.params == dead.params
-    assert retry.user_attrs["retry_of"] == dead.number and retry.user_attrs["retry_history"] == [dead.number]

@@ -5,33 +5,11 @@ import json
 
 import pytest
 import torch
-from transformers import DistilBertConfig, LlamaConfig, LlamaForCausalLM
+from transformers import DistilBertConfig
 
 from lorasweep.config import ConfigError, TrialConfig
 from lorasweep.modeling import load_base
 from lorasweep.trial import run_trial
-from lorasweep.world import make_tokenizer
-
-
-@pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory):
-    """A tiny random Llama with the world's tokenizer, saved the way Hugging Face ships models."""
-    path = tmp_path_factory.mktemp("llama")
-    tokenizer = make_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 @pytest.fixture

@@ -27,23 +27,7 @@ def test_a_recorded_trial_reproduces_exactly_on_cpu(study, cache_dir):
     assert "trial 1 reproduced exactly" in result.stdout and "NO" not in result.stdout
 
 
-def test_reproduce_refuses_changed_data_unless_allowed(tmp_path, cache_dir, request):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from lorasweep.world import make_tokenizer
-
-    tokenizer = make_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        max_position_embeddings=128,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(tmp_path / "model")
-    tokenizer.save_pretrained(tmp_path / "model")
+def test_reproduce_refuses_changed_data_unless_allowed(tmp_path, cache_dir, request, llama_dir):
     for name in ("domain.jsonl", "probes.jsonl"):
         (tmp_path / name).write_text((request.config.rootpath / "examples" / name).read_text())
     space = {
@@ -52,7 +36,7 @@ def test_reproduce_refuses_changed_data_unless_allowed(tmp_path, cache_dir, requ
         "baselines": TINY_SPACE["baselines"][1:],
     }
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
-    data = ("--model", "model", "--domain", "domain.jsonl", "--probes", "probes.jsonl")
+    data = ("--model", str(llama_dir), "--domain", "domain.jsonl", "--probes", "probes.jsonl")
     url = optimize(tmp_path, cache_dir, "space.yaml", "--n-trials", "1", *data)
     with (tmp_path / "domain.jsonl").open("a") as f:
         f.write(json.dumps({"text": "Orla Venn later moved to Saltmere."}) + "\n")
