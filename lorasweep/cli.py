@@ -144,6 +144,7 @@ def optimize(
 
     pin_cpus()  # a worker started by --workers runs on its own cores
     from lorasweep.study import open_study, storage_label
+    from lorasweep.study import storage as open_storage
 
     with user_errors():
         if n_trials < 1:
@@ -167,6 +168,8 @@ def optimize(
         )
         fixed = TrialConfig.from_dict(searched.config, str(space))
         _quiet_libraries()
+        # connect first: a bad or unreachable storage is answered in seconds, before any model loads
+        store = open_storage(storage, heartbeat=(heartbeat_interval, grace_period))
     # imported only now: bad input is answered before torch is loaded
     from lorasweep.objective import TRIAL_FAILURES, make_objective
     from lorasweep.trial import prepare
@@ -181,7 +184,7 @@ def optimize(
         # leaves no study behind
         with user_errors():
             prepared = prepare(fixed, cache_dir, on_build_step)
-            opened = open_study(study, storage, searched, seed, (heartbeat_interval, grace_period))
+            opened = open_study(study, store, searched, seed)
         progress.update(build, visible=False)
         finished = sum(t.state.is_finished() for t in opened.trials)
         progress.console.print(

@@ -80,10 +80,17 @@ def storage_label(url: str) -> str:
 
 
 def open_study(
-    name: str, url: str, space: SearchSpace, seed: int, heartbeat: tuple[int, int] = (HEARTBEAT_S, GRACE_S)
+    name: str,
+    url: str | optuna.storages.BaseStorage,
+    space: SearchSpace,
+    seed: int,
+    heartbeat: tuple[int, int] = (HEARTBEAT_S, GRACE_S),
 ) -> optuna.Study:
-    """Create the study, or load it to add trials; a study keeps the space it was created with."""
-    store = storage(url, heartbeat=heartbeat)
+    """Create the study, or load it to add trials; a study keeps the space it was created with.
+
+    `url` may also be a storage already opened (with its heartbeat settings).
+    """
+    store = url if isinstance(url, optuna.storages.BaseStorage) else storage(url, heartbeat=heartbeat)
     exists = name in optuna.get_all_study_names(store)
     if exists:
         study = optuna.load_study(study_name=name, storage=store)

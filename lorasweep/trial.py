@@ -66,22 +66,25 @@ class Prepared:
 
     def checkpoint_sets(self, fraction: float) -> tuple[list, list[Batch], float]:
         """Domain probes, general held-out text and the base's loss on that text, for intermediate
-        evaluations: the first `fraction` of each (in random order), so evaluating during training
-        stays cheap. The final evaluation always uses every probe and document.
+        evaluations: the first `fraction` of each (the world's people come in random order, a
+        user's files in file order), so evaluating during training stays cheap. The final
+        evaluation always uses every probe and document.
         """
         if fraction not in self._checkpoint_sets:
             probes = self.corpus.domain_probes[: max(1, round(fraction * len(self.corpus.domain_probes)))]
             docs = max(1, round(fraction * len(self.general_heldout_docs)))
             nll, tokens = self.base_general_rows
             self._checkpoint_sets[fraction] = (
-                self._probe_set(probes),
+                _probe_set(self.corpus, self.tokenizer, probes),
                 loss_batches(self.general_heldout_docs[:docs], EVAL_BATCH_SIZE, self.tokenizer.pad_token_id),
                 float(nll[:docs].sum() / tokens[:docs].sum()),
             )
         return self._checkpoint_sets[fraction]
 
-    def _probe_set(self, probes: list[Probe]) -> list:
-        return probes if self.corpus.user_probes else probe_batches(self.tokenizer, probes, EVAL_BATCH_SIZE)
+
+def _probe_set(corpus: Corpus, tokenizer, probes: list[Probe]) -> list:
+    """The world's probes as batches (teacher-forced scoring); a user's as they are (generation)."""
+    return probes if corpus.user_probes else probe_batches(tokenizer, probes, EVAL_BATCH_SIZE)
 
 
 _PREPARED: dict[tuple, Prepared] = {}
@@ -136,13 +139,12 @@ def prepare(
             base_fingerprint=weights_fingerprint(base_dir),
             train_docs=tokenize_documents(tokenizer, corpus.domain_train),
             replay_docs=tokenize_documents(tokenizer, corpus.replay),
-            domain_probes=[],
+            domain_probes=_probe_set(corpus, tokenizer, corpus.domain_probes),
             domain_heldout=_loss_batches(tokenizer, corpus.domain_heldout, context),
             general_probes=probe_batches(tokenizer, corpus.general_probes, EVAL_BATCH_SIZE),
             general_heldout_docs=general_docs,
             general_heldout=loss_batches(general_docs, EVAL_BATCH_SIZE, tokenizer.pad_token_id),
         )
-        prepared.domain_probes = prepared._probe_set(corpus.domain_probes)
         # measured once: forget of every trial is relative to these
         on_device = base if device.type == "cpu" else copy.deepcopy(base).to(device)
         prepared.base_metrics = evaluate_model(on_device, prepared)
