@@ -69,15 +69,8 @@ def test_report_of_a_real_study_with_failed_and_pruned_trials(tmp_path, cache_di
     # a failed and a pruned trial, as a crash or a pruner would leave them
     study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
     study.tell(study.ask(), state=optuna.trial.TrialState.PRUNED)
-    result = cli(
-        "report",
-        "--storage",
-        url,
-        "--artifact-dir",
-        str(tmp_path / "artifacts"),
-        cwd=tmp_path,
-        env_cache=cache_dir,
-    )
+    report = ("report", "--storage", url, "--artifact-dir", str(tmp_path / "artifacts"))
+    result = cli(*report, cwd=tmp_path, env_cache=cache_dir)
     assert result.returncode == 0, result.stderr
     out = tmp_path / "results" / "default"
     text = (out / "report.md").read_text()
@@ -109,15 +102,7 @@ def test_report_of_a_real_study_with_failed_and_pruned_trials(tmp_path, cache_di
     }
     # a report written again replaces its artifacts' content rather than adding copies
     study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
-    again = cli(
-        "report",
-        "--storage",
-        url,
-        "--artifact-dir",
-        str(tmp_path / "artifacts"),
-        cwd=tmp_path,
-        env_cache=cache_dir,
-    )
+    again = cli(*report, cwd=tmp_path, env_cache=cache_dir)
     assert again.returncode == 0, again.stderr
     artifacts = optuna.artifacts.get_all_artifact_meta(optuna.load_study(study_name="default", storage=url))
     assert len(artifacts) == 5
