@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import warnings
@@ -26,6 +27,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from lorasweep.config import ConfigError, TrialConfig
+
+# lorasweep never downloads: models and hub datasets come from the local Hugging Face cache (read
+# by huggingface_hub when it is imported, so set before any command imports it)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 app = typer.Typer(
     add_completion=False,
@@ -83,17 +88,23 @@ def user_errors():
         raise typer.Exit(2) from None
 
 
-def _quiet_libraries() -> None:
-    """Keep the terminal for lorasweep's own progress; the study records everything anyway."""
+def _quiet_libraries(training: bool = True) -> None:
+    """Keep the terminal for lorasweep's own progress; the study records everything anyway.
+
+    Commands that only read a study pass `training=False`: importing transformers takes seconds.
+    """
     import optuna
-    import transformers
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # trial lines below carry failure reasons
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    if not training:
+        return
+    import transformers
+
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     logging.getLogger("peft").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", module="peft")
 
 
@@ -112,7 +123,9 @@ def optimize(
     space: Annotated[Path, typer.Option(help="Search-space YAML file.")] = DEFAULT_SPACE,
     study: Annotated[str, typer.Option(help="Study name.")] = "default",
     storage: Annotated[str, typer.Option(help="Optuna storage URL.")] = "sqlite:///results/lorasweep.db",
-    n_trials: Annotated[int, typer.Option(help="Trials to add to the study in this run.")] = 12,
+    n_trials: Annotated[
+        int, typer.Option(help="Trials this run adds to the study, across its workers.")
+    ] = 12,
     timeout: Annotated[float | None, typer.Option(help="Stop starting trials after SECONDS.")] = None,
     seed: Annotated[int, typer.Option(help="Sampler seed (offset by the trials already run).")] = 0,
     model: Model = None,
@@ -137,13 +150,14 @@ def optimize(
 ) -> None:
     """Run an Optuna study of fine-tuning trials; re-running adds trials to the same study.
 
-    --n-trials counts the trials this run adds, across all its workers.
+    --n-trials counts the trials this run adds, across all its workers: trials already in the study
+    do not count; a queued baseline or a dead worker's trial run again counts like a new one.
     """
     from lorasweep.search_space import load_space
-    from lorasweep.workers import pin_cpus, run_workers
+    from lorasweep.workers import pin_cpus, run_trials, run_workers
 
     pin_cpus()  # a worker started by --workers runs on its own cores
-    from lorasweep.study import open_study, storage_label
+    from lorasweep.study import dashboard_target, open_study, storage_label
     from lorasweep.study import storage as open_storage
 
     with user_errors():
@@ -210,14 +224,14 @@ def optimize(
                 if value is not None:
                     command += [option, str(value)]
             command += ["--trust-remote-code"] if trust_remote_code else []
-            code, log = run_workers(
+            code, message = run_workers(
                 command, n_trials, workers, seed, gpus, opened, lambda t: on_trial(None, t)
             )
             if code in (130, 143):
                 progress.stop()
                 err_console.print("interrupted: the running trials are marked failed; run again to resume")
-            elif code:
-                err_console.print(f"a worker failed (exit {code}):\n{log.strip()[-2000:]}", markup=False)
+            elif message:
+                err_console.print(message, markup=False, highlight=False)
             if code:
                 raise typer.Exit(code)
         else:
@@ -230,10 +244,11 @@ def optimize(
             # failed with the reason, and the study stays consistent for the next optimize
             signal.signal(signal.SIGTERM, _interrupt)
             try:
-                opened.optimize(
+                run_trials(
+                    opened,
                     make_objective(searched, on_step, cache_dir, artifact_dir),
-                    n_trials=n_trials,
-                    timeout=timeout,
+                    n_trials,
+                    timeout,
                     callbacks=[on_trial],
                     catch=TRIAL_FAILURES,
                 )
@@ -242,7 +257,9 @@ def optimize(
                 err_console.print("interrupted: the running trial is marked failed; run again to resume")
                 raise typer.Exit(143 if str(err) == "SIGTERM" else 130) from None
     _print_best(opened)
-    dashboard = f"optuna-dashboard {storage_label(storage)} --artifact-dir {artifact_dir}"  # password masked
+    dashboard = (
+        f"optuna-dashboard {dashboard_target(storage)} --artifact-dir {artifact_dir}"  # password masked
+    )
     console.print(f"\nopen the dashboard:  {dashboard}", markup=False, highlight=False)
 
 
@@ -255,7 +272,9 @@ def _interrupt(signum: int, _frame) -> None:
 def _trial_line(frozen) -> str:
     attrs = frozen.user_attrs
     if frozen.state.name != "COMPLETE":
-        reason = attrs.get("fail_reason") or attrs.get("prune_reason") or "see the study"
+        reason = (
+            attrs.get("fail_reason") or attrs.get("prune_reason") or "no reason recorded: its worker died"
+        )
         return f"trial {frozen.number}: {frozen.state.name.lower()} ({reason})"
     return (
         f"trial {frozen.number}: {_describe(attrs.get('config', {}))}  "
@@ -278,34 +297,83 @@ def _describe(config: dict) -> str:
 
 
 def _print_best(study) -> None:
-    from lorasweep.study import best_trials, objective_of
+    """The best trials as a table; a trial without lorasweep's config shows its Optuna params."""
+    from lorasweep.records import value_names
+    from lorasweep.study import best_trials
 
     trials = best_trials(study)
-    if objective_of(study) == "constrained":
-        tolerance = study.user_attrs.get("forget_tolerance")
-        title = f"Best feasible trial of '{study.study_name}' (max learn, forget <= {tolerance})"
-    else:
-        title = f"Pareto front of '{study.study_name}' (learn up, forget down)"
+    gaps = _best_gaps(study, trials)
+    title = _best_title(study)
     if not trials:
         console.print(f"{title}: no completed feasible trial yet", markup=False)
-        return
-    table = Table(title=title)
-    for column in ("trial", "method", "rank", "targets", "lr", "learn", "forget"):
-        table.add_column(column, justify="left" if column in ("method", "targets") else "right")
-    for t in trials:
-        c = t.user_attrs.get("config") or {}
-        lora = c.get("method") != "full"
-        lr = c.get("learning_rate")
-        table.add_row(
-            str(t.number),
-            str(c.get("method", "?")),
-            str(c.get("rank")) if lora else "-",
-            str(c.get("target_modules")) if lora else "-",
-            f"{lr:.2e}" if lr is not None else "?",
-            f"{t.values[0]:.3f}",
-            f"{_forget(t):+.3f}",
-        )
-    console.print(table)
+    elif any(gap.attr == "config" for gap in gaps):
+        names = value_names(study)
+        table = Table(title=title)
+        for column in ("trial", "params", *names):
+            table.add_column(column, justify="left" if column == "params" else "right")
+        for t in trials:
+            params = ", ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items()
+            )
+            table.add_row(str(t.number), params or "-", *(f"{v:.4g}" for v in t.values))
+        console.print(table)
+    else:
+        table = Table(title=title)
+        for column in ("trial", "method", "rank", "targets", "lr", "learn", "forget"):
+            table.add_column(column, justify="left" if column in ("method", "targets") else "right")
+        for t in trials:
+            c = t.user_attrs["config"]
+            lora = c.get("method") != "full"
+            lr = c.get("learning_rate")
+            table.add_row(
+                str(t.number),
+                str(c.get("method", "?")),
+                str(c.get("rank")) if lora else "-",
+                str(c.get("target_modules")) if lora else "-",
+                f"{lr:.2e}" if lr is not None else "?",
+                f"{t.values[0]:.3f}",
+                f"{_forget(t):+.3f}",
+            )
+        console.print(table)
+    for gap in gaps:
+        console.print(f"note: {gap}", markup=False, highlight=False)
+
+
+def _best_title(study) -> str:
+    """What `best` shows, in the study's own terms: learn and forget for a lorasweep study."""
+    import optuna
+
+    from lorasweep.records import value_names
+    from lorasweep.study import objective_of
+
+    name, names = study.study_name, value_names(study)
+    ups = [d == optuna.study.StudyDirection.MAXIMIZE for d in study.directions]
+    if objective_of(study) == "constrained":
+        goal = f"{'max' if ups[0] else 'min'} {names[0]}"
+        tolerance = study.user_attrs.get("forget_tolerance")
+        if tolerance is None:  # not a lorasweep constrained study: no feasibility limit to name
+            return f"Best trial of '{name}' ({goal})"
+        return f"Best feasible trial of '{name}' ({goal}, forget <= {tolerance})"
+    goals = ", ".join(f"{n} {'up' if up else 'down'}" for n, up in zip(names, ups))
+    return f"Pareto front of '{name}' ({goals})"
+
+
+def _best_gaps(study, trials) -> list:
+    """What `best` reads that a study from plain Optuna or an older lorasweep lacks."""
+    from lorasweep.records import objective_attr, study_gaps, trial_gaps
+
+    shown = {"config": "the table shows Optuna's params and values"}
+    return study_gaps(study, objective_attr(study)) + trial_gaps(trials, shown)
+
+
+def _named_values(study, frozen) -> dict[str, float]:
+    """The trial's values by name, and forget where a constrained study records it beside them."""
+    from lorasweep.records import value_names
+
+    values = dict(zip(value_names(study), frozen.values))
+    if "forget" not in values and "forget" in frozen.user_attrs:
+        values["forget"] = frozen.user_attrs["forget"]
+    return values
 
 
 @app.command()
@@ -314,29 +382,33 @@ def best(
     storage: Annotated[str, typer.Option(help="Optuna storage URL.")] = "sqlite:///results/lorasweep.db",
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Print the Pareto front (pareto) or the best feasible trial (constrained)."""
+    """Print the Pareto front (pareto) or the best feasible trial (constrained).
+
+    A study without lorasweep's records (plain Optuna, an older lorasweep) shows what it has,
+    and each missing record is named.
+    """
+    from dataclasses import asdict
+
     from lorasweep.study import best_trials, load_study, objective_of
 
     with user_errors():
-        _quiet_libraries()
+        _quiet_libraries(training=False)
         loaded = load_study(storage, study)
     if not json_out:
         _print_best(loaded)
         return
+    front = best_trials(loaded)
     trials = [
         {
             "trial": t.number,
             "params": t.params,
-            "values": {"learn": t.values[0], "forget": _forget(t)},
+            "values": _named_values(loaded, t),
             "config": t.user_attrs.get("config"),
         }
-        for t in best_trials(loaded)
+        for t in front
     ]
-    print(
-        json.dumps(
-            {"study": loaded.study_name, "objective": objective_of(loaded), "trials": trials}, indent=2
-        )
-    )
+    summary = {"study": loaded.study_name, "objective": objective_of(loaded), "trials": trials}
+    print(json.dumps(summary | {"missing": [asdict(g) for g in _best_gaps(loaded, front)]}, indent=2))
 
 
 @app.command()
@@ -349,14 +421,18 @@ def report(
     ] = None,
     artifact_dir: ArtifactDir = Path("results/artifacts"),
 ) -> None:
-    """Write the LoRA-vs-full-FT comparison report of a study, and attach it to the study."""
-    from lorasweep.report import upload, write_report
-    from lorasweep.study import load_study
+    """Write the LoRA-vs-full-FT comparison report of a study, and attach it to the study.
+
+    A study without some of lorasweep's records (plain Optuna, an older lorasweep) gets the
+    sections it has data for; the report names each missing record and what it left out.
+    """
+    from lorasweep.report import default_out, gaps, upload, write_report
+    from lorasweep.study import dashboard_target, load_study
 
     with user_errors():
-        _quiet_libraries()
+        _quiet_libraries(training=False)
         loaded = load_study(storage, study)
-    target = out or Path("results") / loaded.study_name
+        target = out or default_out(loaded.study_name)
     files = write_report(loaded, target, forget_tolerance)
     upload(loaded, files, artifact_dir)
     console.print(
@@ -364,9 +440,10 @@ def report(
         markup=False,
         highlight=False,
     )
-    console.print(
-        f"dashboard:  optuna-dashboard {storage} --artifact-dir {artifact_dir}", markup=False, highlight=False
-    )
+    for gap in gaps(loaded, forget_tolerance):
+        console.print(f"note: {gap}", markup=False, highlight=False)
+    dashboard = f"optuna-dashboard {dashboard_target(storage)} --artifact-dir {artifact_dir}"
+    console.print(f"dashboard:  {dashboard}", markup=False, highlight=False)  # password masked
 
 
 StudyName = Annotated[
@@ -380,14 +457,24 @@ Best = Annotated[
 ]
 
 
-def _recorded(storage: str, study: str | None, number: int | None, best: bool):
-    """The chosen trial of the study and the config it recorded."""
+def _recorded(
+    storage: str, study: str | None, number: int | None, best: bool, purpose: str, trust_remote_code: bool
+):
+    """The chosen trial of the study and the config it recorded, checked before anything loads."""
     from lorasweep.reproduce import recorded_trial, trial_config
     from lorasweep.study import load_study
 
-    _quiet_libraries()
-    frozen = recorded_trial(load_study(storage, study), number, best)
-    return frozen, trial_config(frozen)
+    _quiet_libraries(training=False)
+    frozen = recorded_trial(load_study(storage, study), number, best, purpose)
+    config = trial_config(frozen)
+    if config.trust_remote_code and not trust_remote_code:
+        # the study may come from someone else: its record alone does not run a model's own code
+        raise ConfigError(
+            f"trial {frozen.number} recorded trust_remote_code: true (its model ships Python code); "
+            f"pass --trust-remote-code to {purpose} it"
+        )
+    _quiet_libraries()  # only now, as importing transformers takes seconds
+    return frozen, config
 
 
 @app.command()
@@ -403,13 +490,14 @@ def reproduce(
     allow_changed: Annotated[
         bool, typer.Option("--allow-changed", help="Re-run even if the data or base weights changed.")
     ] = False,
+    trust_remote_code: TrustRemoteCode = False,
     cache_dir: CacheDir = None,
 ) -> None:
     """Re-run a recorded trial and print its metrics beside the recorded ones (exit 1 if they differ)."""
     from lorasweep.reproduce import changed_inputs, compare
 
     with user_errors():
-        frozen, config = _recorded(storage, study, trial, best)
+        frozen, config = _recorded(storage, study, trial, best, "reproduce", trust_remote_code)
     from lorasweep.trial import prepare, run_trial
 
     with _progress() as progress:
@@ -452,13 +540,14 @@ def export(
     merge: Annotated[
         bool, typer.Option("--merge", help="Merge the adapter into the base; save a full model.")
     ] = False,
+    trust_remote_code: TrustRemoteCode = False,
     cache_dir: CacheDir = None,
 ) -> None:
     """Train a recorded trial again and write its adapter or model, trial.yaml and a model card."""
     from lorasweep.reproduce import export_trial
 
     with user_errors():
-        frozen, config = _recorded(storage, study, trial, best)
+        frozen, config = _recorded(storage, study, trial, best, "export", trust_remote_code)
         with _progress() as progress:
             task = progress.add_task(f"trial {frozen.number}", total=config.steps)
             result = export_trial(
@@ -490,7 +579,7 @@ def dashboard(
     from lorasweep.study import storage as open_storage
 
     with user_errors():
-        _quiet_libraries()
+        _quiet_libraries(training=False)
         if not 0 < port < 65536:
             raise ConfigError(f"--port is {port}; allowed: 1..65535")
         loaded = load_study(storage, study)

@@ -35,6 +35,15 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 class ConfigError(ValueError):
     """Bad user input: the message is one line naming the file, the field and what is allowed."""
 
+    def __init__(self, message: str) -> None:
+        # a message quotes what the user wrote (a key, a path, a library's reason), which may hold
+        # line breaks: they are escaped, as repr() would, so the message stays one line
+        super().__init__(message.translate(_ESCAPED_LINE_BREAKS))
+
+
+# every character str.splitlines() breaks at
+_ESCAPED_LINE_BREAKS = str.maketrans({c: repr(c)[1:-1] for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"})
+
 
 @dataclass
 class WorldConfig:
@@ -279,6 +288,12 @@ def load_yaml(path: Path) -> Any:
         where = f" at line {mark.line + 1}" if mark else ""
         problem = getattr(err, "problem", None) or "invalid YAML"
         raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    except (ValueError, TypeError, AttributeError, RecursionError) as err:
+        # PyYAML's constructors fail this way on values its parser accepted: a date such as
+        # 2020-13-45, `!!int abc`, `!!timestamp 5`, an integer of over 4300 digits; and nesting
+        # deeper than Python's recursion limit
+        reason = str(err) or err.__class__.__name__
+        raise ConfigError(f"{path}: invalid YAML: a value cannot be read ({reason})") from None
 
 
 def coerce(value: Any, kind: type, source: str, name: str) -> Any:
@@ -297,7 +312,10 @@ def coerce(value: Any, kind: type, source: str, name: str) -> Any:
     if not ok:
         raise ConfigError(f"{source}: field '{name}' is {value!r}; expected {_type_name(kind)}")
     if kind is float:
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond the float range, e.g. 10**400
+            raise ConfigError(f"{source}: field '{name}' is too large; expected a finite number") from None
         if not math.isfinite(value):
             raise ConfigError(f"{source}: field '{name}' is {value!r}; expected a finite number")
     return value

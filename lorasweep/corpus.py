@@ -18,6 +18,7 @@ are read from `text_column`.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import random
@@ -27,7 +28,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from lorasweep.config import ConfigError, TrialConfig
-from lorasweep.world import Probe, build_world, world_fingerprint
+from lorasweep.world import Probe, build_world, default_cache_dir, world_fingerprint
 
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
 
@@ -44,8 +45,13 @@ class Corpus:
     fingerprint: str = ""  # of every text and answer, recorded with each trial
 
 
-def load_corpus(config: TrialConfig) -> Corpus:
-    """The world's texts, with whatever the user's files replace."""
+def load_corpus(config: TrialConfig, cache_dir: Path | None = None) -> Corpus:
+    """The world's texts, with whatever the user's files replace.
+
+    `datasets` keeps its Arrow copy of a local file under `cache_dir`/datasets (default: lorasweep's
+    cache), not in the home directory.
+    """
+    cache = str((cache_dir or default_cache_dir()) / "datasets")
     world = build_world(config.world)
     if config.domain is None and config.general is None and config.probes is None:
         return Corpus(
@@ -59,13 +65,13 @@ def load_corpus(config: TrialConfig) -> Corpus:
         )
     if config.domain is None or config.probes is None:
         raise ConfigError("fields 'domain' and 'probes' go together: the probes ask about the domain text")
-    domain = _texts(config.domain, config.text_column, "domain")
-    probes = _probes(config.probes, config.probe_template)
+    domain = _texts(config.domain, config.text_column, "domain", cache)
+    probes = _probes(config.probes, config.probe_template, cache)
     if config.general is None:
         replay, heldout = world.general_bios, world.general_heldout_bios
     else:
         replay, heldout = _split(
-            _texts(config.general, config.text_column, "general"), config.general_heldout
+            _texts(config.general, config.text_column, "general", cache), config.general_heldout
         )
     corpus = Corpus(domain, replay, heldout, probes, user_probes=True)
     corpus.fingerprint = _fingerprint(corpus)
@@ -92,12 +98,14 @@ def _fingerprint(corpus: Corpus) -> str:
     return digest.hexdigest()[:16]
 
 
-def _rows(source: str, what: str) -> list[dict[str, Any]]:
+def _rows(source: str, what: str, cache: str) -> list[dict[str, Any]]:
     """The rows of a local file or a cached hub dataset; every failure is one line naming the source."""
     import datasets
 
     datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
+    # not even its errors: each is raised, and turned into the one line below ("Failed to load
+    # JSON ..." would be a second line before it)
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     try:
         if source.startswith("hub:"):
             name, _, query = source[4:].partition("?")
@@ -113,6 +121,8 @@ def _rows(source: str, what: str) -> list[dict[str, Any]]:
             )
         else:
             path = Path(source)
+            if path.is_dir():
+                raise ConfigError(f"field '{what}': {source} is a directory, not a file")
             if not path.is_file():
                 raise ConfigError(f"field '{what}': file not found: {source}")
             kind = FORMATS.get(path.suffix.lower())
@@ -120,34 +130,66 @@ def _rows(source: str, what: str) -> list[dict[str, Any]]:
                 raise ConfigError(f"field '{what}': {source}: unknown format (allowed: {', '.join(FORMATS)})")
             if path.stat().st_size == 0:
                 raise ConfigError(f"field '{what}': {source} is empty")
+            if kind != "parquet":
+                _check_utf8(source, what)
             extra = {"sample_by": "paragraph"} if kind == "text" else {}
-            rows = datasets.load_dataset(kind, data_files=str(path), split="train", **extra)
+            rows = datasets.load_dataset(kind, data_files=str(path), split="train", cache_dir=cache, **extra)
+        rows = list(rows)  # strings are decoded here, so a bad one in a hub dataset fails here
     except ConfigError:
         raise
     except (OSError, ValueError, KeyError, TypeError, datasets.exceptions.DatasetsError) as err:
-        reason = (str(err).strip().splitlines() or [err.__class__.__name__])[0]
+        # "An error occurred while generating the dataset" says nothing: the reason is its cause
+        cause = err.__cause__ if isinstance(err.__cause__, Exception) else err
+        reason = (str(cause).strip().splitlines() or [cause.__class__.__name__])[0]
         raise ConfigError(
-            f"field '{what}': cannot read {source} ({err.__class__.__name__}: {reason})"
+            f"field '{what}': cannot read {source} ({cause.__class__.__name__}: {reason})"
         ) from None
     if len(rows) == 0:
         raise ConfigError(f"field '{what}': {source} has no rows")
-    return list(rows)
+    return rows
 
 
-def _texts(source: str, column: str, what: str) -> list[str]:
-    rows = _rows(source, what)
+def _check_utf8(source: str, what: str) -> None:
+    """A text file must be UTF-8: name the line where it is not, before `datasets` reads it.
+
+    `datasets` reports a latin-1 or UTF-16 file as "An error occurred while generating the
+    dataset", or reads UTF-16 without a byte-order mark as text full of NUL characters.
+    """
+    with open(source, "rb") as f:
+        if f.read(2) in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+            raise ConfigError(f"field '{what}': {source} is UTF-16; save it as UTF-8")
+        f.seek(0)
+        for number, line in enumerate(f, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ConfigError(
+                    f"field '{what}': {source} line {number} is not UTF-8 (byte 0x{line[err.start]:02x} "
+                    f"at position {err.start + 1}); save the file as UTF-8"
+                ) from None
+            if b"\0" in line:
+                raise ConfigError(
+                    f"field '{what}': {source} line {number} holds NUL bytes (UTF-16 or a binary file?); "
+                    "save it as UTF-8 text"
+                )
+
+
+def _texts(source: str, column: str, what: str, cache: str) -> list[str]:
+    rows = _rows(source, what, cache)
     if column not in rows[0]:
         raise ConfigError(
             f"field '{what}': {source} has no column '{column}' (columns: {', '.join(rows[0])})"
         )
-    texts = [str(r[column]).strip() for r in rows if r[column] is not None and str(r[column]).strip()]
+    # a byte-order mark (Windows editors save UTF-8 with one) is not part of the first document
+    texts = [str(r[column]).lstrip("\ufeff").strip() for r in rows if r[column] is not None]
+    texts = [t for t in texts if t]
     if not texts:
         raise ConfigError(f"field '{what}': {source} has no non-empty '{column}' values")
     return texts
 
 
-def _probes(source: str, template: str) -> list[Probe]:
-    rows = _rows(source, "probes")
+def _probes(source: str, template: str, cache: str) -> list[Probe]:
+    rows = _rows(source, "probes", cache)
     probes = []
     for i, row in enumerate(rows, start=1):
         where = f"field 'probes': {source} row {i}"
@@ -158,10 +200,11 @@ def _probes(source: str, template: str) -> list[Probe]:
         else:
             raise ConfigError(f"{where}: needs a 'question' or a 'prompt' (columns: {', '.join(row)})")
         answer = row.get("answer")
-        answers = (
-            [str(a) for a in answer] if isinstance(answer, list) else [] if answer is None else [str(answer)]
-        )
-        answers = [a.strip() for a in answers if a.strip()]
+        answers = answer if isinstance(answer, list) else [answer]
+        if any(isinstance(a, (dict, list)) for a in answers):
+            raise ConfigError(f"{where}: 'answer' is {answer!r}; allowed: a text or a list of texts")
+        # null and blank answers are no answers (str(None) would be the answer "None")
+        answers = [str(a).strip() for a in answers if a is not None and str(a).strip()]
         if not answers:
             raise ConfigError(f"{where}: has no 'answer'")
         probes.append(Probe(prompt.rstrip(), tuple(answers)))

@@ -74,10 +74,10 @@ def make_objective(
                     )
 
         frozen = trial.study.get_trials(deepcopy=False)[trial.number]
-        retried = optuna.storages.RetryFailedTrialCallback.retried_trial_number(frozen)
+        retried = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
         if retried is not None:  # a dead worker's trial, run again: shown in the dashboard
             trial.set_user_attr("retry_of", retried)
-            history = optuna.storages.RetryFailedTrialCallback.retry_history(frozen)
+            history = optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(frozen)
             trial.set_user_attr("retry_history", history)
         try:
             config = space.suggest(trial)

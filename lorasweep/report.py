@@ -5,8 +5,9 @@
 Writes `report.md`, PNG plots (matplotlib) and HTML plots (optuna.visualization) into
 `results/<study>/` and uploads them to the study as Optuna artifacts, so the dashboard (`--artifact-dir results/artifacts`) shows them. It reads
 only the study: every number comes from the trials' values and user attrs, never from training.
-Failed and pruned trials are counted, not plotted; a study without lorasweep's attrs (plain
-Optuna) gets a report that says what is missing.
+Failed and pruned trials are counted, not plotted. A study without some of lorasweep's attrs
+(plain Optuna, an older lorasweep) gets the sections it has data for, and a list of what is
+missing and what it left out.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import optuna
 
+from lorasweep.config import ConfigError
+from lorasweep.records import Gap, has_record, objective_attr, study_gaps, trial_gaps, value_names
 from lorasweep.study import best_trials, objective_of
 
 
@@ -34,35 +37,59 @@ class Row:
     replay: float
     learn: float
     forget: float
-    trainable_params: int
-    peak_mem_bytes: int
-    tokens_per_s: float
+    # cost; None where the trial did not record it (an older lorasweep)
+    trainable_params: int | None
+    peak_mem_bytes: int | None
+    tokens_per_s: float | None
+
+
+COST_ATTRS = ("trainable_params", "peak_mem_bytes", "tokens_per_s")
 
 
 def rows_of(study: optuna.Study) -> list[Row]:
+    """The completed trials the comparison can read: those with a config and a forget value."""
     rows = []
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        a, c = t.user_attrs, t.user_attrs.get("config")
-        if not c:
-            continue
+    for t in _compared(study):
+        a, c = t.user_attrs, t.user_attrs["config"]
         adapter = c["method"] != "full"
-        forget = t.values[1] if len(t.values) > 1 else a.get("forget", math.nan)
         rows.append(
             Row(
                 t.number,
                 c["method"],
                 c["learning_rate"],
-                c["rank"] if adapter else None,
-                c["target_modules"] if adapter else None,
+                c.get("rank") if adapter else None,
+                c.get("target_modules") if adapter else None,
                 c.get("replay_ratio", 0.0),
                 t.values[0],
-                forget,
-                a.get("trainable_params", 0),
-                a.get("peak_mem_bytes", 0),
-                a.get("tokens_per_s", 0.0),
+                t.values[1] if len(t.values) > 1 else a["forget"],
+                *(a.get(attr) for attr in COST_ATTRS),
             )
         )
     return rows
+
+
+def _configured(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return [t for t in complete if has_record(t, "config")]
+
+
+def _compared(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    # forget is the second value of a pareto study, a user attr of a constrained one
+    return [t for t in _configured(study) if len(t.values) > 1 or has_record(t, "forget")]
+
+
+def gaps(study: optuna.Study, tolerance: float | None = None) -> list[Gap]:
+    """What the report reads that the study lacks, each with what the report does without it."""
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    wanted = objective_attr(study) | {"base_metrics": "the base model's own metrics are left out"}
+    if tolerance is None:
+        wanted["forget_tolerance"] = "best LRs are taken over all trials (--forget-tolerance sets one)"
+    found = study_gaps(study, wanted)
+    found += trial_gaps(complete, {"config": "left out of the comparison (it names method, rank, LR)"})
+    if len(study.directions) == 1:
+        found += trial_gaps(_configured(study), {"forget": "left out of the comparison"})
+    cost = {attr: "left out of the cost medians" for attr in COST_ATTRS}
+    return found + trial_gaps(_compared(study), cost)
 
 
 def spearman(x: list[float], y: list[float]) -> float:
@@ -247,6 +274,14 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def default_out(study_name: str) -> Path:
+    """results/<study>; Optuna allows any study name, and one that is not a plain directory name
+    (a slash, '..', an absolute path) would write outside results/."""
+    if study_name in ("", ".", "..") or Path(study_name).name != study_name or "\\" in study_name:
+        raise ConfigError(f"study name '{study_name}' is not a plain directory name: give --out DIR")
+    return Path("results") / study_name
+
+
 def write_report(study: optuna.Study, out: Path, tolerance: float | None = None) -> list[Path]:
     """Write report.md and its plots into `out`; returns every file written."""
     out.mkdir(parents=True, exist_ok=True)
@@ -259,24 +294,43 @@ def write_report(study: optuna.Study, out: Path, tolerance: float | None = None)
     lines.append(
         f"Objective: {objective_of(study)}; forgetting tolerance: "
         f"{'none set' if tolerance is None else f'{tolerance} nats/token'}. Trials: "
-        + ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+        + (", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "none")
         + "."
     )
     base = study.user_attrs.get("base_metrics")
-    if base:
+    if isinstance(base, dict) and {"learn", "general_loss", "general_qa_acc"} <= base.keys():
         lines.append(
             f"Base model: learn {base['learn']:.3f}, general held-out loss {base['general_loss']:.3f}, "
             f"general QA {base['general_qa_acc']:.3f}."
         )
     lines.append("")
+    missing = gaps(study, tolerance)
+    if missing:
+        lines += [
+            "## Missing records",
+            "",
+            "This study lacks some of what lorasweep records (plain Optuna or an older lorasweep wrote it):",
+            "",
+            *(f"- {gap}" for gap in missing),
+            "",
+        ]
+    complete = states["complete"] > 0
+    files = write_html(study, out) if complete else []
     if not rows:
+        # what needs no lorasweep record: Optuna's own plots of the values, and the importances
         lines += [
             "No completed trial with lorasweep's records (user attr `config`) yet: nothing to compare.",
             "Studies written by plain Optuna, or still without a finished trial, get this report.",
         ]
+        if complete:
+            lines += [
+                "",
+                "Optuna's plots of the values: " + ", ".join(f"[{f.name}]({f.name})" for f in files),
+            ]
+            lines += ["", "## Parameter importances", "", *_importances(study)]
         (out / "report.md").write_text("\n".join(lines) + "\n")
-        return [out / "report.md"]
-    files = plot(rows, out) + write_html(study, out)
+        return [out / "report.md", *files]
+    files = plot(rows, out) + files
 
     lines += ["## Findings", "", "| claim (DESIGN.md section 2) | verdict | evidence |", "|---|---|---|"]
     lines += [f"| {c} | {v} | {e} |" for c, v, e in findings(rows, tolerance)]
@@ -337,9 +391,9 @@ def write_report(study: optuna.Study, out: Path, tolerance: float | None = None)
         cost.append(
             [
                 m,
-                f"{np.median([r.trainable_params for r in g]):,.0f}",
-                f"{np.median([r.peak_mem_bytes for r in g]) / 2**20:,.0f}",
-                f"{np.median([r.tokens_per_s for r in g]):,.0f}",
+                _median([r.trainable_params for r in g]),
+                _median([r.peak_mem_bytes for r in g], 2**20),
+                _median([r.tokens_per_s for r in g]),
                 str(len(g)),
             ]
         )
@@ -352,13 +406,14 @@ def write_html(study: optuna.Study, out: Path) -> list[Path]:
     """Interactive plots from optuna.visualization, self-contained (they open offline)."""
     import optuna.visualization as vis
 
+    names = value_names(study)
     figures = {
         "history.html": vis.plot_optimization_history(
-            study, target=lambda t: t.values[0], target_name="learn"
+            study, target=lambda t: t.values[0], target_name=names[0]
         )
     }
     if len(study.directions) == 2:
-        figures["pareto.html"] = vis.plot_pareto_front(study, target_names=["learn", "forget"])
+        figures["pareto.html"] = vis.plot_pareto_front(study, target_names=names)
     files = []
     for name, fig in figures.items():
         fig.write_html(out / name, include_plotlyjs=True)
@@ -392,8 +447,7 @@ def _importances(study: optuna.Study) -> list[str]:
             )
         ]
     lines = []
-    names = study.metric_names or ["learn", "forget"][: len(study.directions)]
-    for i, name in enumerate(names):
+    for i, name in enumerate(value_names(study)):
         try:
             imp = optuna.importance.get_param_importances(study, target=lambda t, i=i: t.values[i])
         except (RuntimeError, ValueError):
@@ -401,6 +455,12 @@ def _importances(study: optuna.Study) -> list[str]:
         text = ", ".join(f"{p} {v:.2f}" for p, v in imp.items()) or "not enough trials"
         lines.append(f"- {name}: {text}")
     return lines
+
+
+def _median(values: list[float | None], unit: float = 1) -> str:
+    """Median over the trials that recorded the value (in `unit`s), or say that none did."""
+    recorded = [v for v in values if v is not None]
+    return f"{np.median(recorded) / unit:,.0f}" if recorded else "not recorded"
 
 
 def _cells(r: Row) -> list[str]:

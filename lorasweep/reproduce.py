@@ -16,41 +16,59 @@ import dataclasses
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import optuna
 import yaml
 
 from lorasweep.config import ConfigError, TrialConfig
+from lorasweep.records import RERUN_ATTRS, require, trial_gaps
 from lorasweep.study import best_trials
-from lorasweep.trial import Prepared, run_trial
+
+if TYPE_CHECKING:
+    # lorasweep.trial loads torch (seconds): imported where a trial trains, so a trial that cannot
+    # run again is answered at once
+    from lorasweep.trial import Prepared
 
 COMPARED = ("learn", "forget", "general_loss", "domain_loss", "general_qa_acc")
 
 
-def recorded_trial(study: optuna.Study, number: int | None, best: bool) -> optuna.trial.FrozenTrial:
-    """Trial `number`, or with `best` the best feasible trial (constrained) or the front's top learner."""
+def recorded_trial(
+    study: optuna.Study, number: int | None, best: bool, purpose: str = "reproduce"
+) -> optuna.trial.FrozenTrial:
+    """Trial `number`, or with `best` the best feasible trial (constrained) or the front's top learner.
+
+    It must have recorded what training it again needs (its config, and its metrics to compare
+    with); else a one-line ConfigError names what it lacks, before anything loads.
+    """
     if (number is None) == (not best):
         raise ConfigError("give either --trial N or --best")
+    name = study.study_name
     if best:
         trials = best_trials(study)
         if not trials:
-            raise ConfigError(f"study '{study.study_name}' has no completed (feasible) trial yet")
-        return trials[0]
-    trials = study.get_trials(deepcopy=False)
-    if not 0 <= number < len(trials):
-        raise ConfigError(f"--trial {number}: study '{study.study_name}' has trials 0..{len(trials) - 1}")
-    return trials[number]
+            raise ConfigError(f"study '{name}' has no completed (feasible) trial yet")
+        frozen = trials[0]
+    else:
+        trials = study.get_trials(deepcopy=False)
+        if not trials:
+            raise ConfigError(f"--trial {number}: study '{name}' has no trials yet")
+        if not 0 <= number < len(trials):
+            raise ConfigError(f"--trial {number}: study '{name}' has trials 0..{len(trials) - 1}")
+        frozen = trials[number]
+    require(name, frozen, RERUN_ATTRS, purpose)
+    return frozen
 
 
 def trial_config(frozen: optuna.trial.FrozenTrial) -> TrialConfig:
-    """The config the trial recorded; a trial without one (plain Optuna, or never started) is an error."""
-    recorded = frozen.user_attrs.get("config")
-    if not isinstance(recorded, dict):
-        raise ConfigError(
-            f"trial {frozen.number} has no recorded config (not a lorasweep trial, or it failed before "
-            "sampling): nothing to re-run"
+    """The config a trial from `recorded_trial` recorded, with the thread count it ran with."""
+    try:
+        config = TrialConfig.from_dict(
+            frozen.user_attrs["config"], f"trial {frozen.number}'s recorded config"
         )
-    config = TrialConfig.from_dict(recorded, f"trial {frozen.number} config")
+    except ConfigError as err:
+        # lorasweep recorded it valid: a field it no longer knows or allows is a version difference
+        raise ConfigError(f"{err} (recorded by another lorasweep version)") from None
     if config.threads == 0 and frozen.user_attrs.get("threads"):
         # the thread count the trial ran with: CPU reductions split by thread are not bit-equal
         config = dataclasses.replace(config, threads=int(frozen.user_attrs["threads"]))
@@ -59,17 +77,24 @@ def trial_config(frozen: optuna.trial.FrozenTrial) -> TrialConfig:
 
 def changed_inputs(frozen: optuna.trial.FrozenTrial, prepared: Prepared) -> tuple[list[str], list[str]]:
     """(what differs from the trial's recorded fingerprints, what the trial did not record)."""
-    changed, unknown = [], []
+    changed = []
     for attr, now, what in (
         ("data_fingerprint", prepared.corpus.fingerprint, "data"),
         ("base_fingerprint", prepared.base_fingerprint, "base model weights"),
     ):
         then = frozen.user_attrs.get(attr)
-        if then is None:
-            unknown.append(f"the trial recorded no {attr} (older lorasweep): cannot check the {what}")
-        elif then != now:
+        if then is not None and then != now:
             changed.append(f"the {what} changed since trial {frozen.number} ({attr} {then} -> {now})")
-    return changed, unknown
+    # an older lorasweep recorded neither fingerprints nor the thread count: the re-run goes ahead
+    unrecorded = {
+        "data_fingerprint": "cannot check whether the data changed (older lorasweep)",
+        "base_fingerprint": "cannot check whether the base model weights changed (older lorasweep)",
+    }
+    if not frozen.user_attrs["config"].get("threads"):
+        unrecorded["threads"] = (
+            "the re-run uses this machine's thread count; on CPU the last digits may differ"
+        )
+    return changed, [str(gap) for gap in trial_gaps([frozen], unrecorded)]
 
 
 def compare(recorded: dict, result: dict, tolerance: float) -> list[tuple[str, float, float, bool]]:
@@ -110,6 +135,8 @@ def export_trial(
         model.save_pretrained(out, safe_serialization=True)
         prepared.tokenizer.save_pretrained(out)
 
+    from lorasweep.trial import run_trial
+
     result = run_trial(config, on_step=on_step, cache_dir=cache_dir, on_trained=save)
     (out / "trial.yaml").write_text(yaml.safe_dump(frozen.user_attrs["config"], sort_keys=False))
     (out / "README.md").write_text(model_card(frozen, result, merge))
@@ -118,7 +145,7 @@ def export_trial(
 
 def model_card(frozen: optuna.trial.FrozenTrial, result: dict, merge: bool) -> str:
     attrs = frozen.user_attrs
-    config = attrs["config"]
+    config = result["config"]  # resolved by this run (alpha set), whichever version recorded the trial
     adapter = config["method"] != "full" and not merge
     what = (
         "PEFT adapter"
@@ -149,7 +176,7 @@ def model_card(frozen: optuna.trial.FrozenTrial, result: dict, merge: bool) -> s
         f"- data fingerprint: {result['data_fingerprint']}",
         f"- method {config['method']}, learning rate {config['learning_rate']:g}, "
         + (
-            f"rank {config['rank']}, alpha {config['alpha']:g}, targets {attrs.get('target_modules_resolved')}, "
+            f"rank {config['rank']}, alpha {config['alpha']:g}, targets {result['target_modules_resolved']}, "
             if config["method"] != "full"
             else ""
         )

@@ -194,7 +194,7 @@ def _parse_params(raw: Any, config: dict[str, Any], src: str) -> list[Param]:
             if key not in PARAM_KEYS:
                 raise ConfigError(f"{where}: unknown key '{key}' (allowed: {', '.join(PARAM_KEYS)})")
         target = spec.get("field", name)
-        if target not in hints or target == "world":
+        if not isinstance(target, str) or target not in hints or target == "world":
             searchable = ", ".join(h for h in hints if h != "world")
             raise ConfigError(f"{where}: '{target}' is not a trial-config field (searchable: {searchable})")
         if target in config:
@@ -241,6 +241,12 @@ def _parse_distribution(name: str, target: str, kind: type, spec: dict, where: s
         step = coerce(step, number, where, "step")
         if step <= 0 or log:
             raise ConfigError(f"{where}: 'step' must be > 0 and cannot be combined with log")
+        if declared == "float" and (high - low) / step > 1e15:
+            # Optuna divides the range by the step in 28-digit decimals: beyond that (low 1,
+            # high 1e30, step 1) it fails in the middle of the study, at the first trial
+            raise ConfigError(
+                f"{where}: step {step} divides [{low}, {high}] into too many values (at most 1e15)"
+            )
     return Param(name, target, declared, low=low, high=high, log=log, step=step)
 
 
@@ -316,7 +322,7 @@ def _parse_options(
     if not isinstance(raw, dict):
         raise ConfigError(f"{src}: '{what}' must be a mapping with a name and options")
     name = raw.get("name", next(iter(kinds)))
-    if name not in kinds:
+    if not isinstance(name, str) or name not in kinds:
         raise ConfigError(f"{src}: {what} name '{name}' is unknown (allowed: {', '.join(kinds)})")
     options = dict(defaults[name])
     for key, value in raw.items():

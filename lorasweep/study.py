@@ -7,12 +7,12 @@ model's own metrics. Running `optimize` again on the same study adds trials to i
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import optuna
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from lorasweep import __version__
 from lorasweep.config import ConfigError
@@ -24,6 +24,7 @@ OBJECTIVES = {
     "pareto": (["learn", "forget"], ["maximize", "minimize"]),
     "constrained": (["learn"], ["maximize"]),  # forget <= tolerance as an Optuna constraint
 }
+CONNECT_TIMEOUT_S = 5  # an unreachable database server is an error within seconds, not a hang
 SQLITE_TIMEOUT_S = 60  # busy timeout, so several local workers wait for the lock instead of failing
 HEARTBEAT_S = 30  # a running trial writes a heartbeat this often
 GRACE_S = 120  # without one for this long, its worker is taken for dead
@@ -32,28 +33,42 @@ MAX_RETRY = 2  # a dead worker's trial is run again, with the same params, at mo
 
 def storage(
     url: str, create: bool = True, heartbeat: tuple[int, int] | None = None
-) -> optuna.storages.RDBStorage:
-    """Optuna's RDB storage for `url`; a bad URL is a one-line ConfigError, not a traceback.
+) -> optuna.storages.BaseStorage:
+    """Optuna's storage for `url`; a bad URL is a one-line ConfigError, not a traceback.
 
-    With `create=False` (commands that only read) a missing SQLite file is an error rather than
-    an empty database created on the spot. With `heartbeat=(interval, grace)` (commands that run
-    trials), a trial whose worker died (SIGKILL, a lost machine) is marked failed once its
-    heartbeat is older than `grace` seconds, when any worker starts its next trial, and run again
-    (Optuna's RetryFailedTrialCallback; the retry records `failed_trial` and `retry_history`).
+    SQLite, PostgreSQL and MySQL URLs open Optuna's RDB storage; `journal:///PATH` its journal
+    file storage (one machine, no database server). With `create=False` (commands that only
+    read) a missing file is an error rather than an empty study store created on the spot.
+    With `heartbeat=(interval, grace)` (commands that run trials; RDB storages only), a trial
+    whose worker died (SIGKILL, a lost machine) is marked failed once its heartbeat is older than
+    `grace` seconds, and queued to run again (Optuna's RetryHeartbeatStaleTrialCallback; the
+    retry records `failed_trial` and `retry_history`).
     """
     scheme = url.split(":", 1)[0].split("+", 1)[0]
-    if "://" not in url or scheme not in ("sqlite", "postgresql", "mysql"):
+    if "://" not in url or scheme not in ("sqlite", "postgresql", "mysql", "journal"):
         raise ConfigError(
-            f"--storage '{storage_label(url)}': not a storage URL (allowed: sqlite:///PATH, postgresql://..., mysql://...)"
+            f"--storage '{storage_label(url)}': not a storage URL (allowed: sqlite:///PATH, "
+            "journal:///PATH, postgresql://..., mysql://...)"
         )
+    if scheme in ("sqlite", "journal"):
+        path = storage_path(url)
+        if not path or path == ":memory:":  # gone when the command ends
+            raise ConfigError(f"--storage '{url}': needs a file path, e.g. {scheme}:///results/lorasweep.db")
+        if not create and not Path(path).exists():
+            raise ConfigError(f"--storage '{url}': no such file ({path})")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if scheme == "journal":
+        from optuna.storages.journal import JournalFileBackend
+
+        try:
+            return optuna.storages.JournalStorage(JournalFileBackend(storage_path(url)))
+        except (OSError, ValueError) as err:  # a directory, no permission, not a journal
+            raise ConfigError(f"--storage '{url}': cannot open ({err.__class__.__name__}: {err})") from None
     engine_kwargs: dict[str, Any] = {}
     if scheme == "sqlite":
-        path = url.split(":///", 1)[-1]
-        if path and path != ":memory:":
-            if not create and not Path(path).exists():
-                raise ConfigError(f"--storage '{url}': no such database file ({path})")
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
+    else:  # PostgreSQL and MySQL drivers both take connect_timeout
+        engine_kwargs = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
     try:
         if heartbeat is None:
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
@@ -62,7 +77,7 @@ def storage(
             engine_kwargs=engine_kwargs,
             heartbeat_interval=heartbeat[0],
             grace_period=heartbeat[1],
-            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRY),
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRY),
         )
     except (SQLAlchemyError, ImportError, ValueError) as err:  # bad URL, missing driver, refused
         reason = str(err).strip().splitlines()[0]
@@ -71,12 +86,28 @@ def storage(
         ) from None
 
 
+def storage_path(url: str) -> str:
+    """The file of a sqlite:/// or journal:/// URL (relative after three slashes, like SQLAlchemy)."""
+    return url.split(":///", 1)[-1]
+
+
+def dashboard_target(url: str) -> str:
+    """What `optuna-dashboard` takes for this storage: the URL, or a journal's file path."""
+    return storage_path(url) if url.startswith("journal:") else storage_label(url)
+
+
 def storage_label(url: str) -> str:
-    """The storage URL as it may be printed or logged: any password masked."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url.split("@", 1)[-1] if "@" in url else url
+    """The storage URL as it may be printed or logged: any password masked, however malformed.
+
+    Read from the text, not SQLAlchemy's make_url, which raises on a port like 'notaport' and
+    reads an unescaped '@' in a password differently from the driver, printing part of it.
+    """
+    url = re.sub(r"([?&][a-z_]*password=).*", r"\1***", url)  # libpq also takes ?password=...
+    head, at, location = url.rpartition("@")
+    scheme, slashes, userinfo = head.partition("://")
+    if not at or not slashes or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{location}"
 
 
 def open_study(
@@ -149,7 +180,7 @@ def load_study(url: str, name: str | None) -> optuna.Study:
 
 def objective_of(study: optuna.Study) -> str:
     """The study's objective mode; a study without lorasweep's attrs is read by its directions."""
-    return study.user_attrs.get("objective", "pareto" if len(study.directions) == 2 else "constrained")
+    return study.user_attrs.get("objective", "pareto" if len(study.directions) >= 2 else "constrained")
 
 
 def best_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -159,5 +190,7 @@ def best_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
         return []
     if objective_of(study) == "constrained":
         feasible = [t for t in complete if all(c <= 0 for c in t.constraints.values())]
-        return [max(feasible, key=lambda t: t.values[0])] if feasible else []
+        # lorasweep maximizes learn; a plain Optuna study may minimize its value
+        sign = 1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1
+        return [max(feasible, key=lambda t: sign * t.values[0])] if feasible else []
     return sorted(study.best_trials, key=lambda t: -t.values[0])

@@ -121,7 +121,7 @@ def prepare(
         config.attn_implementation,
     )
     if key not in _PREPARED:
-        corpus = load_corpus(config)  # before the model: a bad data file fails fast
+        corpus = load_corpus(config, cache_dir)  # before the model: a bad data file fails fast
         if config.model is None:
             base_dir: str | Path = ensure_base_model(config.world, cache_dir, on_build_step)
         else:

@@ -5,27 +5,41 @@
     lorasweep optimize --storage postgresql://... --workers 8  # the same command on every machine
 
 Each worker is the same `lorasweep optimize` command run as a child process on the shared Optuna
-storage, with its share of `--n-trials`, its own sampler seed, its own CPU cores (two torch
-processes on the same cores slow each other down ~10x) and, with `--devices`, its own GPU
-(`CUDA_VISIBLE_DEVICES`). The parent only starts them, prints the study's trials as they finish
-and passes Ctrl-C and SIGTERM on; heartbeats (study.py) take care of a worker that dies.
+storage, with its own sampler seed, its own CPU cores (two torch processes on the same cores slow
+each other down ~10x) and, with `--devices`, its own GPU (`CUDA_VISIBLE_DEVICES`). The parent only
+starts them, prints the study's trials as they finish and passes Ctrl-C and SIGTERM on.
+
+`--n-trials` is what one run adds to the study, across its workers: every trial is tagged with its
+run, and the workers take trials until the run has that many (`run_trials`). A worker that dies
+mid-trial leaves its trial RUNNING; heartbeats (study.py) fail it after the grace period and queue
+it again, and the other workers wait for that before they stop, so the run still reaches its total.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
+import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import IO, Any
 
 import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.storages._heartbeat import is_heartbeat_enabled  # not exported; what optimize uses
+from optuna.trial import TrialState
 
 SEED_STRIDE = 1_000_003  # worker i samples with seed + i * SEED_STRIDE: no two workers draw alike
 CPUS_ENV = "LORASWEEP_CPUS"  # the cores a worker pins itself to (`pin_cpus`), e.g. "0,1"
+RUN_ENV = "LORASWEEP_RUN"  # the run whose trials a worker counts (its parent's)
+LOCK_ENV = "LORASWEEP_LOCK"  # a file the run's workers lock while one of them claims a trial
+POLL_S = 2.0  # how often a worker that has nothing left to start looks at the study
 
 
 def pin_cpus() -> None:
@@ -35,17 +49,74 @@ def pin_cpus() -> None:
         os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
 
 
-def shares(n_trials: int, workers: int) -> list[int]:
-    """Trials per worker: `n_trials` in all, as even as possible."""
-    return [n_trials // workers + (i < n_trials % workers) for i in range(workers)]
-
-
 def cpu_sets(workers: int, cores: Sequence[int] | None = None) -> list[list[int]]:
     """Disjoint core sets, one per worker; with more workers than cores, cores are shared in turn."""
     cores = sorted(cores if cores is not None else os.sched_getaffinity(0))
     if workers >= len(cores):
         return [[cores[i % len(cores)]] for i in range(workers)]
     return [cores[i * len(cores) // workers : (i + 1) * len(cores) // workers] for i in range(workers)]
+
+
+def tally(study: optuna.Study, run: str) -> tuple[int, int]:
+    """(trials that count toward `run`, those of them still running).
+
+    A trial counts once it is claimed by the run; a failed trial that heartbeats queued again
+    counts no more (its retry counts for the run that runs it).
+    """
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in RetryHeartbeatStaleTrialCallback.retry_history(t)}
+    mine = [t for t in trials if t.user_attrs.get("run") == run and t.state != TrialState.WAITING]
+    counted = [t for t in mine if not (t.state == TrialState.FAIL and t.number in retried)]
+    return len(counted), sum(t.state == TrialState.RUNNING for t in mine)
+
+
+def run_trials(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], Any],
+    n_trials: int,
+    timeout: float | None = None,
+    **optimize_kwargs: Any,
+) -> None:
+    """Optuna's `study.optimize`, one trial at a time, until this run has `n_trials` trials.
+
+    The run is the parent's (`LORASWEEP_RUN`) in a worker, a new one otherwise. A trial taken
+    from Optuna's queue (a baseline, a dead worker's trial) counts like a new one. Local workers
+    claim trials under a file lock, so they never start more than `n_trials` between them; with
+    heartbeats on, a worker with nothing left to start waits while the run's other trials are
+    running, to take over any whose worker dies.
+    """
+    run = os.environ.get(RUN_ENV) or uuid.uuid4().hex[:12]
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    lock_path = os.environ.get(LOCK_ENV)
+    heartbeats = is_heartbeat_enabled(study._storage)
+    start = time.monotonic()
+    with open(lock_path, "a") if lock_path else open(os.devnull) as lock:
+
+        def claimed(trial: optuna.Trial) -> Any:
+            trial.set_user_attr("run", run)
+            trial.set_user_attr("worker", worker)
+            fcntl.flock(lock, fcntl.LOCK_UN)  # the trial counts now: the next worker may claim
+            return objective(trial)
+
+        while timeout is None or time.monotonic() - start < timeout:
+            with _locked(lock):
+                counted, running = tally(study, run)
+                if counted < n_trials:
+                    study.optimize(claimed, n_trials=1, **optimize_kwargs)
+                    continue
+            if not (heartbeats and running):
+                return
+            time.sleep(POLL_S)
+            optuna.storages.fail_stale_trials(study)  # a dead worker's trial, queued again
+
+
+@contextmanager
+def _locked(lock: IO) -> Iterator[None]:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def run_workers(
@@ -57,32 +128,47 @@ def run_workers(
     study: optuna.Study,
     on_trial: Callable[[optuna.trial.FrozenTrial], None],
 ) -> tuple[int, str]:
-    """Run `command` (an optimize command) as `workers` processes sharing `n_trials`, to the end.
+    """Run `command` (an optimize command) as `workers` processes that add `n_trials` between them.
 
-    Returns (exit code, stderr of a failed worker); 130/143 when Ctrl-C/SIGTERM was passed on.
+    Returns (exit code, what to tell the user): 130/143 when Ctrl-C/SIGTERM was passed on; 0 once
+    the run has its trials, with a word on any worker that died on the way; else the exit code and
+    log of a failed worker.
     """
-    commands = [
-        [*command, "--n-trials", str(share), "--seed", str(seed + i * SEED_STRIDE)]
-        for i, share in enumerate(shares(n_trials, workers))
-        if share
-    ]
+    run = uuid.uuid4().hex[:12]
+    workers = min(workers, n_trials)
     seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
     with ExitStack() as stack:
         logdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        logs = [stack.enter_context((logdir / f"worker{i}.log").open("w+")) for i in range(len(commands))]
+        logs = [stack.enter_context((logdir / f"worker{i}.log").open("w+")) for i in range(workers)]
         procs = []
-        for i, (argv, cpus, log) in enumerate(zip(commands, cpu_sets(len(commands)), logs)):
-            env = {**os.environ, CPUS_ENV: ",".join(map(str, cpus))}
+        for i, (cpus, log) in enumerate(zip(cpu_sets(workers), logs)):
+            env = {**os.environ, CPUS_ENV: ",".join(map(str, cpus)), RUN_ENV: run}
+            env[LOCK_ENV] = str(logdir / "claim.lock")
             if devices:
                 env["CUDA_VISIBLE_DEVICES"] = devices[i]
+            argv = [*command, "--n-trials", str(n_trials), "--seed", str(seed + i * SEED_STRIDE)]
             # a new session: Ctrl-C reaches the parent only, which passes it on once
             procs.append(
                 subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
             )
-        return _watch(procs, logs, study, seen, on_trial)
+        received = _watch(procs, study, seen, on_trial)
+        if received:
+            return (143 if received[0] == signal.SIGTERM else 130), ""
+        failed = [
+            (i, proc.returncode, log) for i, (proc, log) in enumerate(zip(procs, logs)) if proc.returncode
+        ]
+        if not failed:
+            return 0, ""
+        i, code, log = failed[0]
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit {code}"
+        if tally(study, run)[0] >= n_trials:
+            return 0, f"worker {i} stopped ({how}); the other workers took over its trials"
+        log.seek(0)
+        return (code if code > 0 else 1), f"worker {i} failed ({how}):\n{log.read().strip()[-2000:]}"
 
 
-def _watch(procs, logs, study, seen, on_trial) -> tuple[int, str]:
+def _watch(procs, study, seen, on_trial) -> list[int]:
+    """Print trials as they finish until every worker has ended; the signals passed on."""
     received: list[int] = []
 
     def forward(signum: int, _frame) -> None:
@@ -100,15 +186,8 @@ def _watch(procs, logs, study, seen, on_trial) -> tuple[int, str]:
                     seen.add(t.number)
                     on_trial(t)
             if not running:
-                break
+                return received
             time.sleep(1.0)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    if received:
-        return (143 if received[0] == signal.SIGTERM else 130), ""
-    for proc, log in zip(procs, logs):
-        if proc.returncode != 0:
-            log.seek(0)
-            return proc.returncode, log.read()
-    return 0, ""

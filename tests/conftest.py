@@ -7,8 +7,13 @@ cached base model through LORASWEEP_CACHE_DIR.
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -63,6 +68,18 @@ TINY_SPACE = {
     ],
     "sampler": {"name": "tpe", "n_startup_trials": 2},
 }
+
+
+def pytest_configure(config) -> None:
+    """Each pytest-xdist worker (`-n auto`, see pyproject.toml) on its own core.
+
+    Two torch processes on the same cores slow each other down ~10x; pinned, each worker and the
+    CLI processes it starts (they inherit the affinity) use one core and one torch thread.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        cores = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cores[int(worker.removeprefix("gw")) % len(cores)]})
 
 
 @pytest.fixture(scope="session")
@@ -139,3 +156,32 @@ def optimize(tmp_path: Path, cache_dir: Path, space: Path | str, *args: str) -> 
     )
     assert result.returncode == 0, result.stderr
     return url
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A private PostgreSQL cluster for the session: initdb in a temp dir, a free port on 127.0.0.1.
+
+    Skipped where PostgreSQL's server programs are not installed (`.ci/run` installs them).
+    """
+    bindir = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), None)
+    if bindir is None or not (bindir / "initdb").exists():
+        pytest.skip("PostgreSQL server programs not installed (apt-get install postgresql)")
+    # initdb refuses to run as root: the cluster belongs to Debian's postgres user then
+    as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    data = Path(tempfile.mkdtemp(prefix="lorasweep-pg-"))
+    if as_owner:
+        shutil.chown(data, "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = partial(subprocess.run, check=True, capture_output=True, text=True, timeout=120)
+    run([*as_owner, bindir / "initdb", "-D", data / "db", "-U", "lorasweep", "--auth=trust"])
+    options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1"
+    run([*as_owner, bindir / "pg_ctl", "-D", data / "db", "-o", options, "-l", data / "log", "-w", "start"])
+    try:
+        # a password in the URL (trust auth ignores it) so tests can check it is never printed
+        yield f"postgresql://lorasweep:s3cret@127.0.0.1:{port}/postgres"
+    finally:
+        run([*as_owner, bindir / "pg_ctl", "-D", data / "db", "-m", "immediate", "stop"])
+        shutil.rmtree(data, ignore_errors=True)

@@ -75,7 +75,7 @@ def test_best_json_lists_the_pareto_front(tmp_path, cache_dir, prepared):
 
 def test_reading_commands_choose_the_study(tmp_path, cache_dir, prepared):
     url = f"sqlite:///{tmp_path}/s.db"
-    with pytest.raises(ConfigError, match="no such database file"):
+    with pytest.raises(ConfigError, match="no such file"):
         load_study(url, None)
     space = load_space(write_space(tmp_path))
     from lorasweep.study import open_study

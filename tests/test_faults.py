@@ -28,8 +28,8 @@ def running_trial(url: str) -> bool:
 
 
 def worker_in_a_trial(tmp_path: Path, space: dict, *args: str) -> tuple[subprocess.Popen, str]:
-    """`lorasweep optimize` on `space` (trials ~10x the tiny default), once it is training a trial."""
-    space = {**space, "config": {**space["config"], "train_tokens": 8192 * 10}}
+    """`lorasweep optimize` on `space` (trials ~4x the tiny default), once it is training a trial."""
+    space = {**space, "config": {**space["config"], "train_tokens": 8192 * 4}}
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
     url = f"sqlite:///{tmp_path}/s.db"
     command = [

@@ -117,7 +117,7 @@ def test_reading_commands_say_what_is_missing(study, cache_dir, tmp_path):
         lambda t: t.suggest_float("x", 0, 1), n_trials=1
     )
     result = cli("reproduce", "--best", "--storage", plain, cwd=tmp_path, env_cache=cache_dir)
-    assert result.returncode == 2 and "trial 0 has no recorded config" in result.stderr
+    assert result.returncode == 2 and "trial 0 of study 'plain' has no recorded config" in result.stderr
 
 
 def exact_match(model, tokenizer, probes) -> float:

@@ -140,7 +140,8 @@ def test_lora_and_full_trials_of_every_architecture_through_the_cli(architecture
         )
         assert "general_qa_acc" not in t.user_attrs  # the user's data has no general QA
     assert study.user_attrs["space"]["config"]["model"] == str(model_dirs[architecture])
-    assert not (tmp_path / "cache").exists()  # no embedded base model was built
+    assert not list((tmp_path / "cache").glob("base-*"))  # no embedded base model was built
+    assert list((tmp_path / "cache" / "datasets").iterdir())  # datasets' copies of the files: here
 
 
 def test_user_files_are_read_and_split_deterministically(repo, model_dirs):

@@ -2,31 +2,89 @@
 
 import math
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import optuna
 import yaml
-from conftest import TINY_SPACE, optimize
+from conftest import TINY_SPACE, cli
 
-from lorasweep.workers import cpu_sets, shares
+from lorasweep.workers import cpu_sets
 
 
-def test_trials_and_cores_are_shared_out():
-    assert shares(12, 4) == [3, 3, 3, 3] and shares(5, 3) == [2, 2, 1] and shares(1, 2) == [1, 0]
+def test_cores_are_shared_out():
     assert cpu_sets(2, [0, 1, 2, 3]) == [[0, 1], [2, 3]]
     assert cpu_sets(4, [0, 1]) == [[0], [1], [0], [1]]  # more workers than cores: shared in turn
 
 
 def test_four_workers_share_one_sqlite_study(tmp_path, cache_dir, prepared):
+    four_workers_share_one_study(f"sqlite:///{tmp_path}/s.db", tmp_path, cache_dir)
+
+
+def four_workers_share_one_study(url: str, tmp_path, cache_dir) -> None:
+    """`optimize --workers 4 --n-trials 12` on `url`: 12 complete trials, none lost or repeated."""
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(TINY_SPACE, sort_keys=False))
-    url = optimize(tmp_path, cache_dir, "space.yaml", "--workers", "4", "--n-trials", "12")
+    args = ["--space", "space.yaml", "--storage", url, "--workers", "4", "--n-trials", "12"]
+    result = cli("optimize", *args, cwd=tmp_path, env_cache=cache_dir)
+    assert result.returncode == 0, result.stderr
+    assert "s3cret" not in result.stdout + result.stderr  # the password is masked wherever printed
     trials = optuna.load_study(study_name="default", storage=url).trials
     assert [t.state.name for t in trials] == ["COMPLETE"] * 12  # none lost, none extra
     assert sorted(t.number for t in trials) == list(range(12))
     for baseline in TINY_SPACE["baselines"]:  # each enqueued baseline ran exactly once
         ran = [t for t in trials if all(t.user_attrs["config"][k] == v for k, v in baseline.items())]
         assert len(ran) == 1
+    assert len({t.user_attrs["run"] for t in trials}) == 1
     sampled = [tuple(sorted(t.params.items())) for t in trials]
     assert len(set(sampled)) == 12  # workers draw with their own seeds: no duplicate configs
     for t in trials:
-        assert {"learn", "forget", "config", "data_fingerprint", "threads"} <= set(t.user_attrs)
+        assert {"learn", "forget", "config", "data_fingerprint", "threads", "run", "worker"} <= set(
+            t.user_attrs
+        )
         assert t.user_attrs["threads"] <= math.ceil(len(os.sched_getaffinity(0)) / 4)  # a share of the cores
+
+
+def test_a_worker_killed_mid_trial_is_taken_over_and_the_run_reaches_its_total(tmp_path, cache_dir, prepared):
+    space = {**TINY_SPACE, "config": {**TINY_SPACE["config"], "train_tokens": 8192 * 4}}
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
+    url = f"sqlite:///{tmp_path}/s.db"
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "lorasweep", "optimize", "--space", "space.yaml", "--storage", url]
+        + ["--workers", "3", "--n-trials", "6", "--heartbeat-interval", "1", "--grace-period", "3"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    victim = None
+    deadline = time.monotonic() + 180
+    while victim is None:
+        assert parent.poll() is None and time.monotonic() < deadline, parent.communicate()
+        time.sleep(0.2)
+        victim = next(iter(claimed_trials(url)), None)
+    time.sleep(1.0)  # inside the training loop
+    os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+    _, stderr = parent.communicate(timeout=300)
+    assert parent.returncode == 0, stderr
+    assert "stopped (killed by SIGKILL); the other workers took over its trials" in stderr
+    trials = optuna.load_study(study_name="default", storage=url).trials
+    states = [t.state.name for t in trials]
+    assert states.count("COMPLETE") == 6 and states.count("FAIL") == 1 and len(trials) == 7
+    (dead,) = [t for t in trials if t.state.name == "FAIL"]
+    assert dead.number == victim.number
+    (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == dead.number]
+    assert retry.state.name == "COMPLETE" and retry.params == dead.params
+    assert retry.user_attrs["retry_history"] == [dead.number]
+
+
+def claimed_trials(url: str) -> list[optuna.trial.FrozenTrial]:
+    """The study's running trials that a worker has claimed (they name their worker's pid)."""
+    try:
+        study = optuna.load_study(study_name="default", storage=url)
+    except KeyError:
+        return []
+    return [
+        t for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)) if "worker" in t.user_attrs
+    ]
