@@ -203,7 +203,8 @@ def optimize(
         finished = sum(t.state.is_finished() for t in opened.trials)
         progress.console.print(
             f"study [bold]{study}[/] in {storage_label(storage)}: {finished} trials so far, "
-            f"adding {n_trials} from {space}",
+            f"adding {n_trials} from {space}"
+            + (f" with {min(workers, n_trials)} workers" if workers > 1 else ""),
             highlight=False,
         )
         if "base_metrics" not in opened.user_attrs:
@@ -241,8 +242,12 @@ def optimize(
                 progress.update(steps, completed=step, total=total)
 
             # SIGTERM (a scheduler, `kill`) ends the run like Ctrl-C: the running trial is marked
-            # failed with the reason, and the study stays consistent for the next optimize
-            signal.signal(signal.SIGTERM, _interrupt)
+            # failed with the reason, and the study stays consistent for the next optimize. Ctrl-C
+            # raises our KeyboardInterrupt subclass too: after a plain KeyboardInterrupt, even one
+            # caught, CPython may end the process by SIGINT (-2) instead of exiting 130 (it marks
+            # one raised inside exec'd source as unhandled; about half of our test interrupts)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, _interrupt)
             try:
                 run_trials(
                     opened,

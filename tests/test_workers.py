@@ -30,6 +30,7 @@ def four_workers_share_one_study(url: str, tmp_path, cache_dir) -> None:
     result = cli("optimize", *args, cwd=tmp_path, env_cache=cache_dir)
     assert result.returncode == 0, result.stderr
     assert "s3cret" not in result.stdout + result.stderr  # the password is masked wherever printed
+    assert "adding 12 from space.yaml with 4 workers" in " ".join(result.stdout.split())  # rich wraps
     trials = optuna.load_study(study_name="default", storage=url).trials
     assert [t.state.name for t in trials] == ["COMPLETE"] * 12  # none lost, none extra
     assert sorted(t.number for t in trials) == list(range(12))
