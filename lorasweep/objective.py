@@ -8,6 +8,11 @@ intermediate learn values become the trial's intermediate values, so learning cu
 optuna-dashboard. With `objective: constrained`, a pruner may stop a trial at an intermediate
 evaluation; with `objective: pareto`, the dominance pruner (lorasweep/pruning.py) may. A pruned
 trial records the step and the reason.
+
+A configuration the study has already completed is not trained again: a sampler that proposes it
+once more (TPE does, often, on a space of choices) gets the trial pruned at step 0 as a duplicate
+(`duplicate_of`). Pruned rather than given the earlier result, as Optuna's FAQ advises, so the
+sampler moves on instead of proposing it again and again; the earlier trial keeps the result.
 """
 
 from __future__ import annotations
@@ -83,6 +88,14 @@ def make_objective(
             config = space.suggest(trial)
             trial.set_user_attr("method", config.method)
             trial.set_user_attr("config", config.to_dict())  # replaced by the resolved one below
+            earlier = completed_with_same_params(trial)
+            if earlier is not None:
+                trial.set_user_attr("duplicate_of", earlier.number)
+                prune(
+                    trial,
+                    0,
+                    f"duplicate of trial {earlier.number}: a completed configuration is not trained again",
+                )
             result = run_trial(config, on_step=on_step, on_eval=on_eval, cache_dir=cache_dir)
         except TRIAL_FAILURES as err:
             trial.set_user_attr("fail_reason", f"{err.__class__.__name__}: {err}")
@@ -126,6 +139,14 @@ def prune(trial: optuna.Trial, step: int, reason: str) -> None:
     trial.set_user_attr("pruned_at_step", step)
     trial.set_user_attr("prune_reason", reason)
     raise optuna.TrialPruned(reason)
+
+
+def completed_with_same_params(trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
+    """The first completed trial of the study that was given the same parameters, if any."""
+    for earlier in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if earlier.params == trial.params:
+            return earlier
+    return None
 
 
 def completed_curves(study: optuna.Study) -> list[list[tuple[float, float]]]:

@@ -78,3 +78,27 @@ def test_dominance_pruner_in_a_pareto_study(tmp_path, cache_dir, prepared, tiny_
     for t in complete:
         assert len(t.user_attrs["forget_curve"]) == 4
         assert t.user_attrs["forget_curve"][max(t.user_attrs["forget_curve"], key=int)] == t.values[1]
+
+
+def test_a_configuration_already_completed_is_pruned_as_a_duplicate_not_trained(
+    tmp_path, cache_dir, prepared
+):
+    from conftest import TINY_SPACE
+
+    from lorasweep.objective import TRIAL_FAILURES, make_objective
+    from lorasweep.search_space import load_space
+    from lorasweep.study import open_study
+
+    one_config = {"method": {"choices": ["full"]}, "lr": {"field": "learning_rate", "choices": [1.0e-3]}}
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump({**TINY_SPACE, "params": one_config, "baselines": []}, sort_keys=False))
+    space = load_space(path)
+    study = open_study("dup", optuna.storages.InMemoryStorage(), space, seed=0)
+    study.optimize(make_objective(space, cache_dir=cache_dir), n_trials=3, catch=TRIAL_FAILURES)
+    first, *again = study.trials
+    assert first.state.name == "COMPLETE" and first.user_attrs["train_steps"] > 0
+    for trial in again:
+        assert trial.state.name == "PRUNED" and trial.params == first.params
+        assert trial.user_attrs["duplicate_of"] == 0 and trial.user_attrs["pruned_at_step"] == 0
+        assert trial.user_attrs["prune_reason"].startswith("duplicate of trial 0")
+        assert "train_steps" not in trial.user_attrs and not trial.intermediate_values  # not trained
