@@ -24,22 +24,22 @@ def test_four_workers_share_one_sqlite_study(tmp_path, cache_dir, prepared):
 
 
 def four_workers_share_one_study(url: str, tmp_path, cache_dir) -> None:
-    """`optimize --workers 4 --n-trials 12` on `url`: 12 complete trials, none lost or repeated."""
+    """`optimize --workers 4 --n-trials 8` on `url`: 8 complete trials, none lost or repeated."""
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(TINY_SPACE, sort_keys=False))
-    args = ["--space", "space.yaml", "--storage", url, "--workers", "4", "--n-trials", "12"]
+    args = ["--space", "space.yaml", "--storage", url, "--workers", "4", "--n-trials", "8"]
     result = cli("optimize", *args, cwd=tmp_path, env_cache=cache_dir)
     assert result.returncode == 0, result.stderr
     assert "s3cret" not in result.stdout + result.stderr  # the password is masked wherever printed
-    assert "adding 12 from space.yaml with 4 workers" in " ".join(result.stdout.split())  # rich wraps
+    assert "adding 8 from space.yaml with 4 workers" in " ".join(result.stdout.split())  # rich wraps
     trials = optuna.load_study(study_name="default", storage=url).trials
-    assert [t.state.name for t in trials] == ["COMPLETE"] * 12  # none lost, none extra
-    assert sorted(t.number for t in trials) == list(range(12))
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 8  # none lost, none extra
+    assert sorted(t.number for t in trials) == list(range(8))
     for baseline in TINY_SPACE["baselines"]:  # each enqueued baseline ran exactly once
         ran = [t for t in trials if all(t.user_attrs["config"][k] == v for k, v in baseline.items())]
         assert len(ran) == 1
     assert len({t.user_attrs["run"] for t in trials}) == 1
     sampled = [tuple(sorted(t.params.items())) for t in trials]
-    assert len(set(sampled)) == 12  # workers draw with their own seeds: no duplicate configs
+    assert len(set(sampled)) == 8  # workers draw with their own seeds: no duplicate configs
     for t in trials:
         assert {"learn", "forget", "config", "data_fingerprint", "threads", "run", "worker"} <= set(
             t.user_attrs
@@ -53,7 +53,7 @@ def test_a_worker_killed_mid_trial_is_taken_over_and_the_run_reaches_its_total(t
     url = f"sqlite:///{tmp_path}/s.db"
     parent = subprocess.Popen(
         [sys.executable, "-m", "lorasweep", "optimize", "--space", "space.yaml", "--storage", url]
-        + ["--workers", "3", "--n-trials", "6", "--heartbeat-interval", "1", "--grace-period", "3"],
+        + ["--workers", "2", "--n-trials", "4", "--heartbeat-interval", "1", "--grace-period", "3"],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -72,7 +72,7 @@ def test_a_worker_killed_mid_trial_is_taken_over_and_the_run_reaches_its_total(t
     assert "stopped (killed by SIGKILL); the other workers took over its trials" in stderr
     trials = optuna.load_study(study_name="default", storage=url).trials
     states = [t.state.name for t in trials]
-    assert states.count("COMPLETE") == 6 and states.count("FAIL") == 1 and len(trials) == 7
+    assert states.count("COMPLETE") == 4 and states.count("FAIL") == 1 and len(trials) == 5
     (dead,) = [t for t in trials if t.state.name == "FAIL"]
     assert dead.number == victim.number
     (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == dead.number]
