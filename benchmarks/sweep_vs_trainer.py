@@ -11,10 +11,18 @@ both pay their imports, the base model load and the study):
   building LoRA (rank from the trial) or full FT on a copy of the same in-memory base model,
   `hp_space` giving the same parameters, and the same learn and forget computed after training
   (lorasweep's own evaluation code, in a callback, so both sides pay the same final evaluation).
-Both draw with Optuna's RandomSampler(seed=0) in the same parameter order, so they train the same
-8 configurations: same steps, batch (16 x 64 tokens), cosine schedule with 10% warmup, clipping at
+The Trainer draws with Optuna's RandomSampler(seed=0); lorasweep's study gets those 8 draws
+enqueued before the clock starts, so both train the same 8 configurations: same steps, batch (16 x 64 tokens), cosine schedule with 10% warmup, clipping at
 1.0, weight decay and fp32; the Trainer gets fused AdamW too (`optim="adamw_torch_fused"`) and the
-very same token batches (lorasweep's packer and seed). Wall time per sweep, median over rounds.
+very same token batches (lorasweep's packer and seed). Wall time per sweep, median over rounds,
+and where it goes: in trials (Optuna's start and end times, summed over trials), of that in
+evaluation (lorasweep: its learning-curve points and the final evaluation of completed trials;
+Trainer: the final evaluation), and outside trials (imports, base model, study, sampler).
+
+`--workers` and `--pruner` change the lorasweep side only: its workers share the cores the command
+has (one torch thread each), and the dominance pruner stops dominated trials at an intermediate
+evaluation. The Trainer side then runs as a Trainer user runs it on those cores (one process, a
+torch thread per core). Both sides share the base-model cache under results/cache.
 
 Run it on cores nothing else uses: two torch processes on the same cores slow each other ~10x.
 """
@@ -22,7 +30,6 @@ Run it on cores nothing else uses: two torch processes on the same cores slow ea
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -33,6 +40,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / "results" / "cache"
 TRIALS = 8
 STEPS = 146  # the default space's 150k training tokens at 16 x 64
 LORA_LR = (3.0e-4, 3.0e-2)
@@ -83,18 +91,40 @@ def hp_space(trial) -> dict:
     return {"learning_rate": trial.suggest_float("full_learning_rate", *FULL_LR, log=True)}
 
 
-def run_lorasweep(steps: int, workdir: Path) -> dict:
-    (workdir / "space.yaml").write_text(yaml.safe_dump(space(steps), sort_keys=False))
+def peer_draws() -> list[dict]:
+    """The 8 configurations the Trainer side's RandomSampler(seed=0) draws, as Optuna params."""
+    import optuna
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(TRIALS):
+        trial = study.ask()
+        hp_space(trial)
+        study.tell(trial, 0.0)
+    return [t.params for t in study.trials]
+
+
+def run_lorasweep(steps: int, workdir: Path, workers: int, pruner: str) -> dict:
+    import optuna
+
+    from lorasweep.search_space import load_space
+    from lorasweep.study import open_study
+
+    (workdir / "space.yaml").write_text(
+        yaml.safe_dump({**space(steps), "pruner": {"name": pruner}}, sort_keys=False)
+    )
     url = f"sqlite:///{workdir}/lorasweep.db"
-    command = ["lorasweep", "optimize", "--space", "space.yaml", "--storage", url]
+    study = open_study("default", url, load_space(workdir / "space.yaml"), seed=0)
+    for params in peer_draws():
+        study.enqueue_trial(params)
+    command = ["lorasweep", "optimize", "--space", "space.yaml", "--storage", url, "--cache-dir", str(CACHE)]
     command += ["--n-trials", str(TRIALS), "--seed", "0", "--artifact-dir", str(workdir / "artifacts")]
+    command += ["--workers", str(workers)]
     start = time.perf_counter()
     subprocess.run(command, cwd=workdir, check=True, capture_output=True)
     wall = time.perf_counter() - start
-    import optuna
-
     trials = optuna.load_study(study_name="default", storage=url).trials
-    return {"wall_s": wall, "trials": [(t.params, t.values) for t in trials]}
+    eval_s = sum(t.user_attrs.get("eval_s", 0.0) for t in trials)
+    return {"wall_s": wall, **phases(trials, wall, eval_s)}
 
 
 def run_trainer(steps: int, workdir: Path) -> dict:
@@ -106,7 +136,21 @@ def run_trainer(steps: int, workdir: Path) -> dict:
         text=True,
     )
     wall = time.perf_counter() - start
-    return {"wall_s": wall, "trials": json.loads(out.stdout.strip().splitlines()[-1])}
+    import optuna
+
+    trials = optuna.load_study(study_name="trainer", storage=f"sqlite:///{workdir}/trainer.db").trials
+    return {"wall_s": wall, **phases(trials, wall, float(out.stdout.strip().splitlines()[-1]))}
+
+
+def phases(trials: list, wall: float, eval_s: float) -> dict:
+    """Where a sweep's time went, from Optuna's record of its trials."""
+    in_trials = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials)
+    return {
+        "trials": [(t.params, t.state.name, t.values) for t in trials],
+        "trial_s": in_trials,
+        "eval_s": eval_s,
+        "outside_s": max(0.0, wall - in_trials),
+    }
 
 
 def peer(steps: int, workdir: Path) -> None:
@@ -125,7 +169,7 @@ def peer(steps: int, workdir: Path) -> None:
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     config = TrialConfig(batch_size=16, max_length=64, max_steps=steps)
-    prepared = prepare(config)
+    prepared = prepare(config, CACHE)
     rows = [row for batch in pack_epochs(prepared.train_docs, 16, 64, steps, config.seed) for row in batch]
     dataset = [{"input_ids": row, "labels": row} for row in rows]
 
@@ -142,11 +186,16 @@ def peer(steps: int, workdir: Path) -> None:
         )
         return get_peft_model(model, lora)
 
+    eval_s = 0.0
+
     class Measure(TrainerCallback):
         """learn and forget after training, with lorasweep's evaluation: the sweep's objective."""
 
         def on_train_end(self, args, state, control, model=None, **kwargs):
+            nonlocal eval_s
+            start = time.perf_counter()
             metrics = evaluate_model(model.eval(), prepared)
+            eval_s += time.perf_counter() - start
             trainer.objective = (
                 metrics["learn"],
                 metrics["general_loss"] - prepared.base_metrics["general_loss"],
@@ -181,8 +230,7 @@ def peer(steps: int, workdir: Path) -> None:
         storage=storage,
         study_name="trainer",
     )
-    trials = optuna.load_study(study_name="trainer", storage=storage).trials
-    print(json.dumps([(t.params, t.values) for t in trials]))
+    print(eval_s)
 
 
 def main() -> None:
@@ -193,25 +241,47 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--workers", type=int, default=1, help="lorasweep's --workers")
+    parser.add_argument("--pruner", default="none", choices=["none", "dominance"], help="lorasweep's pruner")
     args = parser.parse_args()
     if args.mode == "peer":
         peer(args.steps, args.workdir)
         return
-    walls: dict[str, list[float]] = {"lorasweep": [], "Trainer": []}
+    results: dict[str, list[dict]] = {"lorasweep": [], "Trainer": []}
+    arms = [
+        ("lorasweep", lambda workdir: run_lorasweep(args.steps, workdir, args.workers, args.pruner)),
+        ("Trainer", lambda workdir: run_trainer(args.steps, workdir)),
+    ]
     for i in range(args.rounds):
-        arms = [("lorasweep", run_lorasweep), ("Trainer", run_trainer)]
         for name, run in arms if i % 2 == 0 else arms[::-1]:
             with tempfile.TemporaryDirectory() as tmp:
-                result = run(args.steps, Path(tmp))
-            walls[name].append(result["wall_s"])
-            configs = [params for params, _ in result["trials"]]
-            print(f"round {i + 1} {name}: {result['wall_s']:.1f} s; configs {configs}", flush=True)
-    lorasweep, peer_wall = statistics.median(walls["lorasweep"]), statistics.median(walls["Trainer"])
-    print("| sweep (8 trials) | lorasweep s | Trainer.hyperparameter_search s | ratio |")
+                result = run(Path(tmp))
+            results[name].append(result)
+            print(
+                f"round {i + 1} {name}: {result['wall_s']:.1f} s (in trials {result['trial_s']:.1f} s, "
+                f"final evaluation {result['eval_s']:.1f} s, outside trials {result['outside_s']:.1f} s); "
+                f"trials {result['trials']}",
+                flush=True,
+            )
+    medians = {
+        name: {
+            key: statistics.median(r[key] for r in runs)
+            for key in ("wall_s", "trial_s", "eval_s", "outside_s")
+        }
+        for name, runs in results.items()
+    }
+    ours, theirs = medians["lorasweep"], medians["Trainer"]
+    print(f"| {TRIALS} trials, {args.steps} steps each | lorasweep | Trainer.hyperparameter_search | ratio |")
     print("|---|---|---|---|")
-    print(
-        f"| {args.steps} steps each | {lorasweep:.0f} | {peer_wall:.0f} | **{lorasweep / peer_wall:.2f}x** |"
-    )
+    for key, label in [
+        ("wall_s", "wall time"),
+        ("trial_s", "in trials (trial-seconds)"),
+        ("eval_s", "of which in evaluation"),
+        ("outside_s", "outside trials"),
+    ]:
+        print(
+            f"| {label} | {ours[key]:.0f} s | {theirs[key]:.0f} s | {ours[key] / max(theirs[key], 1e-9):.2f}x |"
+        )
 
 
 if __name__ == "__main__":
