@@ -82,7 +82,7 @@ def pytest_configure(config) -> None:
         os.sched_setaffinity(0, {cores[int(worker.removeprefix("gw")) % len(cores)]})
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)  # no test writes to the checkout's results/cache
 def cache_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("cache")
     os.environ["LORASWEEP_CACHE_DIR"] = str(path)  # for subprocesses and default_cache_dir()
