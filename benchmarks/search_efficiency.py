@@ -91,7 +91,9 @@ def space_file(name: str, changes: dict) -> Path:
 def grid_points() -> list[dict]:
     """Every configuration of SPACE, as Optuna params."""
     params = SPACE["params"]
-    replays = [0.0, 0.2, 0.4]
+    replay = params["replay_ratio"]
+    count = round((replay["high"] - replay["low"]) / replay["step"]) + 1
+    replays = [round(replay["low"] + i * replay["step"], 6) for i in range(count)]
     points = []
     for replay in replays:
         for lr in params["full_learning_rate"]["choices"]:

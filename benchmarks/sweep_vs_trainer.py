@@ -149,7 +149,7 @@ def phases(trials: list, wall: float, eval_s: float) -> dict:
         "trials": [(t.params, t.state.name, t.values) for t in trials],
         "trial_s": in_trials,
         "eval_s": eval_s,
-        "outside_s": max(0.0, wall - in_trials),
+        "outside_s": wall - in_trials,  # negative when workers' trials overlap: not measurable
     }
 
 
@@ -233,6 +233,10 @@ def peer(steps: int, workdir: Path) -> None:
     print(eval_s)
 
 
+def seconds(value: float, digits: int = 1) -> str:
+    return f"{value:.{digits}f} s" if value >= 0 else "- (trials overlap)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -259,7 +263,7 @@ def main() -> None:
             results[name].append(result)
             print(
                 f"round {i + 1} {name}: {result['wall_s']:.1f} s (in trials {result['trial_s']:.1f} s, "
-                f"final evaluation {result['eval_s']:.1f} s, outside trials {result['outside_s']:.1f} s); "
+                f"evaluation {result['eval_s']:.1f} s, outside trials {seconds(result['outside_s'])}); "
                 f"trials {result['trials']}",
                 flush=True,
             )
@@ -279,9 +283,8 @@ def main() -> None:
         ("eval_s", "of which in evaluation"),
         ("outside_s", "outside trials"),
     ]:
-        print(
-            f"| {label} | {ours[key]:.0f} s | {theirs[key]:.0f} s | {ours[key] / max(theirs[key], 1e-9):.2f}x |"
-        )
+        ratio = f"{ours[key] / theirs[key]:.2f}x" if ours[key] >= 0 and theirs[key] > 0 else "-"
+        print(f"| {label} | {seconds(ours[key], 0)} | {seconds(theirs[key], 0)} | {ratio} |")
 
 
 if __name__ == "__main__":
