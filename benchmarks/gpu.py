@@ -2,6 +2,7 @@
 
     python benchmarks/gpu.py                  # builds the model, runs every row 3 times (~5 min on an H100)
     python benchmarks/gpu.py --steps 10 --runs 1   # a quick look
+    python benchmarks/gpu.py --compile        # every row with `compile: true`
 
 Each row is a real lorasweep trial (`run_trial` with `model:` set to a directory built here, the
 embedded world's text packed into 1024-token rows), so the figures include everything a sweep pays
@@ -124,6 +125,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=BASE.max_steps)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--compile", action="store_true", help="torch.compile every trial (compile: true)")
     args = parser.parse_args()
     params = build_model()
     peak = matmul_peak()
@@ -135,8 +137,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     results = {}
     for name, fields in ROWS.items():
-        config = dataclasses.replace(BASE, **fields, max_steps=args.steps)
-        run_trial(dataclasses.replace(config, max_steps=2))  # warm-up: kernels, allocator, caches
+        config = dataclasses.replace(BASE, **fields, max_steps=args.steps, compile=args.compile)
+        # warm-up: kernels, allocator, caches, and with --compile the compile (later trials reuse it)
+        run_trial(dataclasses.replace(config, max_steps=2))
         runs = []
         for _ in range(args.runs):
             torch.cuda.empty_cache()
@@ -149,7 +152,7 @@ def main() -> None:
         best = sorted(runs, key=lambda r: r["tokens_per_s"])[len(runs) // 2]  # the median run
         results[name] = runs
         print(
-            f"| {name} | {best['trainable_params']:,} | {best['tokens_per_s']:,.0f} | {100 * best['mfu']:.1f}% "
+            f"| {name}{', compiled' if args.compile else ''} | {best['trainable_params']:,} | {best['tokens_per_s']:,.0f} | {100 * best['mfu']:.1f}% "
             f"| {best['peak_mem_bytes'] / 2**30:.1f} | {best['train_s']:.1f} | {best['trial_s']:.1f} |",
             flush=True,
         )

@@ -3,7 +3,7 @@
     taskset -c 1 python benchmarks/throughput.py run           # the table: 7 CPU-minutes on one core
     taskset -c 1 python benchmarks/throughput.py run --steps 10 --runs 1   # a quick look
     taskset -c 1 python benchmarks/throughput.py breakdown     # where the time goes: 2 CPU-minutes
-    taskset -c 1 python benchmarks/throughput.py compile       # eager vs torch.compile, per step
+    taskset -c 1 python benchmarks/throughput.py compile       # compile: false vs true: 12 CPU-minutes
 
 Pin it to one core that nothing else uses if you can: a second torch process on the same core
 slows both about 10x, and on a busy machine the wall time grows accordingly (see the cpu clock).
@@ -46,9 +46,12 @@ tiny batch (1 x 8 tokens: nearly no FLOPs, so what remains is fixed per-op cost)
 top ops by self CPU time, the time by kind of op, and the FLOP/s reached inside the matmul kernels;
 and each GEMM shape of a full-FT step timed alone against the peak.
 
-`compile`: the hand-written loop (fused AdamW) on the model as it is and wrapped in torch.compile,
-steps alternating between the two; the compile time is that of the first `--warmup` compiled steps
-(about 1-3 min per method on one core with a cold inductor cache, seconds with a warm one).
+`compile`: lorasweep's own trial (as in `run`) with `compile: false` and `compile: true`, whole
+default-length trials (146 steps) in alternating pairs after one trial of each kind: tokens/s after
+the warm-up steps, MFU, and each trial's training time. The first compiled trial in the process pays
+the compile; the later ones reuse its graph (same structure), as later trials of a worker do in a
+sweep. `--cold` starts from an empty inductor cache (what a first run on a machine pays); without
+it, whatever cache earlier runs left (`/tmp/torchinductor_$USER`).
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ import dataclasses
 import os
 import platform
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -148,7 +152,8 @@ def lorasweep_run(config: TrialConfig, warmup: int) -> dict:
     tokens = (config.max_steps - warmup) * config.batch_size * config.max_length
     return {
         **{c: tokens / (marks[config.max_steps][c] - marks[warmup][c]) for c in CLOCKS},
-        "recorded": result["tokens_per_s"],  # wall clock over every step, as the trial records it
+        "recorded": result["tokens_per_s"],
+        "train_s": result["train_s"],  # wall clock over every step, as the trial records it
         "train_loss": result["train_loss"],
         "trainable": result["trainable_params"],
     }
@@ -502,46 +507,73 @@ def breakdown(args: argparse.Namespace) -> None:
     )
 
 
-def train_step(model, params, optimizer, input_ids: torch.Tensor, max_grad_norm: float) -> None:
-    loss = model(input_ids=input_ids, labels=input_ids).loss
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-
-
 def compiled(args: argparse.Namespace) -> None:
-    """Eager vs torch.compile of the same model, step by step in alternation (a candidate change)."""
+    """lorasweep's trial with `compile: false` and `compile: true`, in alternating pairs."""
+    if args.cold:  # before anything compiles: inductor reads the variable when it first caches
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-cold-")
     torch.set_num_threads(len(os.sched_getaffinity(0)))
-    clock = CLOCKS["cpu" if torch.get_num_threads() == 1 else "wall"]
+    clock = "cpu" if torch.get_num_threads() == 1 else "wall"
     steps = args.warmup + args.steps
     prepared = prepare(base_config("full", steps))
-    print(machine(), "\n")
-    print("| method | compile s (first steps) | eager ms/step | compiled ms/step | speed-up |")
-    print("|---|---|---|---|---|")
+    print(machine())
+    print(
+        f"inductor cache: {'cold (a fresh directory)' if args.cold else 'as found (warm if compiled before)'}; "
+        f"{args.runs} pairs per method of {steps}-step trials, tok/s over the {args.steps} steps after "
+        f"{args.warmup}, on the {clock} clock\n",
+        flush=True,
+    )
+    peaks = [matmul_peak()]
+    rows = []
     for name in METHODS:
         config = base_config(name, steps).resolved(0)
-        batches = batches_of(prepared, config)
-        runs = {}
-        for kind in ("eager", "compiled"):
-            model = hand_model(prepared, config)
-            params, optimizer, _ = hand_setup(model, config, fused=True)
-            runs[kind] = (torch.compile(model) if kind == "compiled" else model, params, optimizer)
-
-        start = clock()
-        for input_ids in batches[: args.warmup]:
-            train_step(*runs["compiled"], input_ids, config.max_grad_norm)
-        compile_s = clock() - start
-        for input_ids in batches[: args.warmup]:
-            train_step(*runs["eager"], input_ids, config.max_grad_norm)
-        spent = {"eager": 0.0, "compiled": 0.0}
-        for i, input_ids in enumerate(batches[args.warmup :]):
+        kinds = {"eager": config, "compiled": dataclasses.replace(config, compile=True)}
+        # the first trial of each kind in this process: the compiled one pays the compile
+        first = {kind: lorasweep_run(c, args.warmup) for kind, c in kinds.items()}
+        runs: dict[str, list[dict]] = {"eager": [], "compiled": []}
+        for i in range(args.runs):
             for kind in ("eager", "compiled") if i % 2 == 0 else ("compiled", "eager"):
-                start = clock()
-                train_step(*runs[kind], input_ids, config.max_grad_norm)
-                spent[kind] += clock() - start
-        eager, fast = (1e3 * spent[k] / args.steps for k in ("eager", "compiled"))
-        print(f"| {name} | {compile_s:.1f} | {eager:.1f} | {fast:.1f} | {eager / fast:.2f}x |", flush=True)
+                runs[kind].append(lorasweep_run(kinds[kind], args.warmup))
+            e, c = runs["eager"][-1], runs["compiled"][-1]
+            print(
+                f"  {name} pair {i + 1}: tok/s eager {e[clock]:,.0f}, compiled {c[clock]:,.0f} "
+                f"({c[clock] / e[clock]:.3f}x); mean train loss {e['train_loss']:.5f} vs {c['train_loss']:.5f}",
+                flush=True,
+            )
+            peaks.append(matmul_peak())
+        later = statistics.median(r["train_s"] for r in runs["compiled"])
+        per_token = flops_per_token(
+            prepared.base, config.method, first["eager"]["trainable"], config.max_length
+        )
+        rows.append(
+            (
+                name,
+                first["compiled"]["train_s"] - later,
+                statistics.median(r["train_s"] for r in runs["eager"]),
+                later,
+                *(statistics.median(r[clock] for r in runs[kind]) for kind in ("eager", "compiled")),
+                statistics.median(c[clock] / e[clock] for e, c in zip(runs["eager"], runs["compiled"])),
+                per_token,
+            )
+        )
+    peak, size = max(p[clock] for p in peaks)
+    print(
+        f"\nfp32 matmul peak ({clock} clock): {peak / 1e9:.1f} GFLOP/s ({size}x{size}, best of {len(peaks)})"
+    )
+    print(
+        "\n| method | compile s (first compiled trial) | trial train s eager | trial train s compiled "
+        "| eager tok/s | compiled tok/s | speed-up | MFU eager | MFU compiled |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, compile_s, eager_s, compiled_s, eager, fast, ratio, per_token in rows:
+        print(
+            f"| {name} | {compile_s:.1f} | {eager_s:.1f} | {compiled_s:.1f} | {eager:,.0f} | {fast:,.0f} "
+            f"| {ratio:.3f}x | {100 * eager * per_token / peak:.1f}% | {100 * fast * per_token / peak:.1f}% |"
+        )
+    print(
+        "\ncompile s: the first compiled trial's training time less the median of the later ones (they "
+        "reuse its graph); trial train s: training time of a whole trial (wall clock, evaluation "
+        "excluded), median; tok/s and speed-up: medians over the pairs, steps after the warm-up."
+    )
 
 
 def main() -> None:
@@ -549,12 +581,14 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for command, steps in (("run", 80), ("breakdown", 30), ("compile", 30)):
+    for command, steps in (("run", 80), ("breakdown", 30), ("compile", 141)):
         p = sub.add_parser(command)
         p.add_argument("--steps", type=int, default=steps, help="timed optimizer steps")
         p.add_argument("--warmup", type=int, default=5, help="untimed optimizer steps before them")
-        if command == "run":
+        if command in ("run", "compile"):
             p.add_argument("--runs", type=int, default=3, help="paired runs per method (median)")
+        if command == "compile":
+            p.add_argument("--cold", action="store_true", help="start from an empty inductor cache")
         elif command == "breakdown":
             p.add_argument("--top", type=int, default=12, help="ops listed from the profile")
     args = parser.parse_args()

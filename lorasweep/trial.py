@@ -245,7 +245,7 @@ def run_trial(
         replay_ratio=config.replay_ratio,
     )
     stats = train_loop(
-        model,
+        compiled(model, cache_dir or default_cache_dir()) if config.compile else model,
         batches,
         optimizer,
         scheduler,
@@ -315,6 +315,26 @@ def run_trial(
         "config": config.to_dict(),
         "versions": package_versions(),
     }
+
+
+def compiled(model: torch.nn.Module, cache_dir: Path) -> torch.nn.Module:
+    """The model's forward (and so its backward) through torch.compile; `model` itself stays eager.
+
+    Dynamo treats parameters as graph inputs, so a later trial on a fresh copy of the same
+    structure reuses the compiled graph: each worker compiles once per structure (method, rank,
+    alpha, targets, dropout, dtype; PEFT's LoRA scaling is a constant in the graph).
+    Static shapes, because a graph made dynamic in the rank runs no faster than eager; the
+    recompile limit is raised so that a sweep over more than 8 structures keeps compiling them.
+    Inductor's kernel cache goes under lorasweep's cache, not /tmp, unless TORCHINDUCTOR_CACHE_DIR
+    says where: lorasweep writes only under results/, and the cache then outlives a reboot.
+    """
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir as torch_default
+
+    # importing transformers already set the variable to torch's default; a user's own choice stays
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, torch_default()):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(cache_dir, "inductor").resolve())
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    return torch.compile(model, dynamic=False)
 
 
 def package_versions() -> dict[str, str]:

@@ -38,6 +38,7 @@ def test_steps_follow_token_budget():
         ({"rank": 0}, "field 'rank' is 0; allowed: an integer >= 1"),
         ({"rank": 4.5}, "field 'rank' is 4.5; expected an integer"),
         ({"learning_rate": "fast"}, "field 'learning_rate' is 'fast'; expected a number"),
+        ({"compile": "yes"}, "field 'compile' is 'yes'; expected true or false"),
         ({"alpha": 8, "alpha_ratio": 2}, "set only one of alpha and alpha_ratio"),
         ({"world": {"n_people": 3}}, "unknown field 'world.n_people'"),
         ({"world": {"n_heads": 5}}, "field 'world.n_heads' is 5; allowed: a positive divisor"),
