@@ -50,8 +50,8 @@ and each GEMM shape of a full-FT step timed alone against the peak.
 default-length trials (146 steps) in alternating pairs after one trial of each kind: tokens/s after
 the warm-up steps, MFU, and each trial's training time. The first compiled trial in the process pays
 the compile; the later ones reuse its graph (same structure), as later trials of a worker do in a
-sweep. `--cold` starts from an empty inductor cache (what a first run on a machine pays); without
-it, whatever cache earlier runs left (`/tmp/torchinductor_$USER`).
+sweep. The kernels go where lorasweep keeps them (`results/cache/inductor`): the first run on a
+machine pays a cold compile, later runs find them there; `--cold` starts from an empty directory.
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ from lorasweep.config import TrialConfig
 from lorasweep.data import pack_epochs
 from lorasweep.modeling import target_modules
 from lorasweep.trial import prepare, run_trial
+from lorasweep.world import default_cache_dir
 
 METHODS = {
     "lora r16 all-linear": {"method": "lora", "rank": 16, "alpha": 32.0, "learning_rate": 3e-3},
@@ -509,15 +510,19 @@ def breakdown(args: argparse.Namespace) -> None:
 
 def compiled(args: argparse.Namespace) -> None:
     """lorasweep's trial with `compile: false` and `compile: true`, in alternating pairs."""
-    if args.cold:  # before anything compiles: inductor reads the variable when it first caches
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-cold-")
+    # where lorasweep keeps inductor's kernels (under its cache dir), or an empty one for --cold
+    kernels = (
+        Path(tempfile.mkdtemp(prefix="inductor-cold-")) if args.cold else default_cache_dir() / "inductor"
+    )
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(kernels.resolve())
+    cached = sum(1 for f in kernels.rglob("*") if f.is_file()) if kernels.exists() else 0
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     clock = "cpu" if torch.get_num_threads() == 1 else "wall"
     steps = args.warmup + args.steps
     prepared = prepare(base_config("full", steps))
     print(machine())
     print(
-        f"inductor cache: {'cold (a fresh directory)' if args.cold else 'as found (warm if compiled before)'}; "
+        f"inductor cache {kernels}: {cached} files at the start ({'cold' if not cached else 'warm'}); "
         f"{args.runs} pairs per method of {steps}-step trials, tok/s over the {args.steps} steps after "
         f"{args.warmup}, on the {clock} clock\n",
         flush=True,

@@ -5,6 +5,8 @@ only. Full FT, DoRA, QLoRA, dropout, checkpointing and fp16 also compile (BENCHM
 """
 
 import dataclasses
+import gc
+import weakref
 
 import pytest
 from torch._dynamo.utils import counters
@@ -32,6 +34,12 @@ def test_compiled_trial_trains_as_eager_and_later_trials_of_the_structure_reuse_
     assert graphs >= 1  # the model's forward was compiled, not run eagerly
     assert any((cache_dir / "inductor").iterdir())  # kernels cached under lorasweep's cache, not /tmp
     # a fresh copy of the same structure, other LR and seed: no new graph
-    again = run_trial(dataclasses.replace(lora, compile=True, learning_rate=3e-3, seed=1))
+    trained = []
+    again = run_trial(
+        dataclasses.replace(lora, compile=True, learning_rate=3e-3, seed=1),
+        on_trained=lambda model, _: trained.append(weakref.ref(model)),
+    )
     assert counters["stats"]["unique_graphs"] == graphs
     assert again["train_loss"] != compiled["train_loss"]
+    gc.collect()
+    assert trained[0]() is None  # the cached graph holds no trial's model (its memory is freed)
