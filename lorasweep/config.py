@@ -98,7 +98,7 @@ class TrialConfig:
     attn_implementation: str = "sdpa"
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
     # torch.compile the training forward and backward (evaluation stays eager): faster steps after
-    # a compile that each worker pays once per model structure (method, rank, targets)
+    # a compile that each worker pays once per model structure (method, rank, alpha, targets, ...)
     compile: bool = False
     # The user's text (lorasweep/corpus.py): unset is the embedded world's
     domain: str | None = None  # the new knowledge: a file or hub:NAME?config=C&split=S

@@ -16,10 +16,18 @@ from lorasweep.trial import run_trial
 
 
 def test_compiled_trial_trains_as_eager_and_later_trials_of_the_structure_reuse_the_graph(
-    tiny_world, prepared, cache_dir
+    tiny_world, llama_dir, cache_dir
 ):
+    # the one-layer Llama: compile time grows with the layers
     lora = TrialConfig(
-        method="lora", rank=4, learning_rate=1e-2, batch_size=8, max_length=32, max_steps=6, world=tiny_world
+        model=str(llama_dir),
+        method="lora",
+        rank=4,
+        learning_rate=1e-2,
+        batch_size=8,
+        max_length=32,
+        max_steps=6,
+        world=tiny_world,
     )
     eager = run_trial(lora)
     compiled = run_trial(dataclasses.replace(lora, compile=True))
