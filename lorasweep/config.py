@@ -220,7 +220,7 @@ class TrialConfig:
         _check(source, self, "eval_points", self.eval_points >= 0, "an integer >= 0")
         _check(source, self, "eval_fraction", 0 < self.eval_fraction <= 1, "a number in (0, 1]")
         _check(source, self, "seed", self.seed >= 0, "an integer >= 0")
-        _check(source, self, "threads", self.threads >= 0, "an integer >= 0")
+        _check(source, self, "threads", 0 <= self.threads < 2**31, "an integer in 0..2**31-1")
         self.world.validate(source)
 
     @property
@@ -314,6 +314,8 @@ def coerce(value: Any, kind: type, source: str, name: str) -> Any:
     }[kind]
     if not ok:
         raise ConfigError(f"{source}: field '{name}' is {value!r}; expected {_type_name(kind)}")
+    if kind is int and not -(2**63) <= value < 2**63:  # torch takes sizes and seeds as 64-bit
+        raise ConfigError(f"{source}: field '{name}' is too large; expected an integer below 2**63")
     if kind is float:
         try:
             value = float(value)

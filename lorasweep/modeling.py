@@ -180,6 +180,7 @@ def trial_model(
     from peft import LoraConfig, get_peft_model
 
     modules = target_modules(base, config.target_modules)
+    _check_rank(base, modules, config.rank)
     if config.method == "qlora":
         model = load_quantized(base_dir, config, base.dtype, device)
     else:
@@ -195,6 +196,21 @@ def trial_model(
         task_type="CAUSAL_LM",
     )
     return get_peft_model(_checkpointed(model, config), lora), modules
+
+
+def _check_rank(base: torch.nn.Module, modules: list[str], rank: int) -> None:
+    """A LoRA update of a layer has rank at most min(in, out): a larger rank is a mistake, not a choice."""
+    widths = {
+        name.rsplit(".", 1)[-1]: min(layer.weight.shape)
+        for name, layer in base.named_modules()
+        if name.rsplit(".", 1)[-1] in modules and hasattr(layer, "weight")
+    }
+    narrowest = min(widths, key=widths.get, default=None)
+    if narrowest is not None and rank > widths[narrowest]:
+        raise ConfigError(
+            f"rank {rank} is above what a LoRA update of '{narrowest}' can have: at most "
+            f"min(in, out) = {widths[narrowest]} on this model"
+        )
 
 
 def _checkpointed(model: torch.nn.Module, config: TrialConfig) -> torch.nn.Module:

@@ -72,6 +72,15 @@ def test_preset_missing_from_architecture_is_an_error(prepared):
         prepared.base.config.model_type = "llama"
 
 
+def test_rank_above_a_target_layers_width_is_an_error(config):
+    # the tiny world's layers are 48 wide (k_proj, v_proj: 48 x 48): a rank above it means nothing
+    with pytest.raises(
+        ConfigError, match=r"rank 49 is above what a LoRA update of '\w+' can have: at most .* = 48"
+    ):
+        run_trial(dataclasses.replace(config, method="lora", rank=49, max_steps=1))
+    assert run_trial(dataclasses.replace(config, method="lora", rank=48, max_steps=1))["train_steps"] == 1
+
+
 def test_checkpoint_steps_are_spread_and_end_at_the_last_step():
     assert checkpoint_steps(146, 4) == [36, 73, 110, 146]
     assert checkpoint_steps(3, 5) == [1, 2, 3]
