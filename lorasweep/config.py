@@ -315,7 +315,7 @@ def coerce(value: Any, kind: type, source: str, name: str) -> Any:
     if not ok:
         raise ConfigError(f"{source}: field '{name}' is {value!r}; expected {_type_name(kind)}")
     if kind is int and not -(2**63) <= value < 2**63:  # torch takes sizes and seeds as 64-bit
-        raise ConfigError(f"{source}: field '{name}' is too large; expected an integer below 2**63")
+        raise ConfigError(f"{source}: field '{name}' is out of range; expected an integer in -2**63..2**63-1")
     if kind is float:
         try:
             value = float(value)
