@@ -13,8 +13,9 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from lorasweep.prepare import prepare
 from lorasweep.search_space import load_space
-from lorasweep.trial import prepare, run_trial
+from lorasweep.trial import run_trial
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUPS = {
@@ -42,12 +43,12 @@ def main() -> None:
             config = dataclasses.replace(base, **fields, learning_rate=lr)
             r = run_trial(config)
             print(
-                f"| {group} | {lr:.0e} | {r['learn']:.3f} | {r['forget']:+.3f} | {r['domain_loss']:.3f} "
-                f"| {r['general_qa_delta']:+.3f} | {r['wall_s']:.1f} |",
+                f"| {group} | {lr:.0e} | {r.learn:.3f} | {r.forget:+.3f} | {r.domain_loss:.3f} "
+                f"| {r.general_qa_delta:+.3f} | {r.wall_s:.1f} |",
                 flush=True,
             )
-            if group not in best or r["learn"] > best[group][1]:
-                best[group] = (lr, r["learn"], r["forget"])
+            if group not in best or r.learn > best[group][1]:
+                best[group] = (lr, r.learn, r.forget)
     print("\n| group | best lr | learn | forget |\n|---|---|---|---|")
     for group, (lr, learn, forget) in best.items():
         print(f"| {group} | {lr:.0e} | {learn:.3f} | {forget:+.3f} |")

@@ -144,7 +144,7 @@ def main() -> None:
         for _ in range(args.runs):
             torch.cuda.empty_cache()
             started = time.perf_counter()
-            r = run_trial(config)
+            r = run_trial(config).attrs()
             r["trial_s"] = time.perf_counter() - started
             adapter = r["trainable_params"] if config.method != "full" else 0
             r["mfu"] = r["tokens_per_s"] * flops_per_token(config.method, params["matmul"], adapter) / peak

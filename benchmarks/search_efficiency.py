@@ -37,6 +37,7 @@ from pruning import steps as trial_steps  # benchmarks/pruning.py: how a trial's
 
 import lorasweep.objective
 from lorasweep.objective import TRIAL_FAILURES, make_objective
+from lorasweep.records import TrialResult
 from lorasweep.search_space import load_space
 from lorasweep.study import open_study
 
@@ -162,7 +163,7 @@ def replayed_run_trial(table: dict[tuple, optuna.trial.FrozenTrial]):
         learn, forget = recorded.user_attrs["learn_curve"], recorded.user_attrs["forget_curve"]
         for step in sorted(learn, key=int)[:-1]:  # the last point is the final evaluation
             on_eval(int(step), learn[step], forget[step])
-        return dict(recorded.user_attrs)
+        return TrialResult.from_attrs(recorded.user_attrs)
 
     return run_trial
 

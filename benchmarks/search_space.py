@@ -15,8 +15,9 @@ import sys
 from pathlib import Path
 
 from lorasweep.config import TrialConfig
+from lorasweep.prepare import prepare
 from lorasweep.search_space import load_space
-from lorasweep.trial import prepare, run_trial
+from lorasweep.trial import run_trial
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,8 +37,8 @@ def replay(base: TrialConfig) -> None:
         for ratio in (0.0, 0.1, 0.3, 0.5):
             r = run_trial(dataclasses.replace(base, **fields, replay_ratio=ratio))
             print(
-                f"| {name} | {ratio} | {r['learn']:.3f} | {r['forget']:+.3f} | {r['general_qa_delta']:+.3f} "
-                f"| {r['domain_loss']:.3f} |",
+                f"| {name} | {ratio} | {r.learn:.3f} | {r.forget:+.3f} | {r.general_qa_delta:+.3f} "
+                f"| {r.domain_loss:.3f} |",
                 flush=True,
             )
 
@@ -51,8 +52,8 @@ def lawa(base: TrialConfig) -> None:
         config = dataclasses.replace(base, **{**fields, "learning_rate": lr}, lawa_k=4, lawa_interval=10)
         r = run_trial(config)
         print(
-            f"| {name} | {lr:.0e} | {r['learn']:.3f} | {r['lawa_learn']:.3f} | {r['forget']:+.3f} "
-            f"| {r['lawa_forget']:+.3f} | {r['lawa_snapshot_bytes'] / 2**20:.1f} |",
+            f"| {name} | {lr:.0e} | {r.learn:.3f} | {r.lawa_learn:.3f} | {r.forget:+.3f} "
+            f"| {r.lawa_forget:+.3f} | {r.lawa_snapshot_bytes / 2**20:.1f} |",
             flush=True,
         )
 
@@ -70,9 +71,9 @@ def methods(base: TrialConfig) -> None:
     for name, fields in variants:
         r = run_trial(dataclasses.replace(base, **{**LORA, **fields}))
         print(
-            f"| {name} | {r['learn']:.3f} | {r['forget']:+.3f} | {r['trainable_params']:,} "
-            f"| {r['model_bytes'] / 2**20:.2f} | {r['peak_mem_bytes'] / 2**20:.0f} | {r['tokens_per_s']:,.0f} "
-            f"| {r['wall_s']:.1f} |",
+            f"| {name} | {r.learn:.3f} | {r.forget:+.3f} | {r.trainable_params:,} "
+            f"| {r.model_bytes / 2**20:.2f} | {r.peak_mem_bytes / 2**20:.0f} | {r.tokens_per_s:,.0f} "
+            f"| {r.wall_s:.1f} |",
             flush=True,
         )
 

@@ -165,7 +165,7 @@ def peer(steps: int, workdir: Path) -> None:
     from lorasweep.config import TrialConfig
     from lorasweep.data import pack_epochs
     from lorasweep.modeling import target_modules
-    from lorasweep.trial import evaluate_model, prepare
+    from lorasweep.prepare import evaluate_model, prepare
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     config = TrialConfig(batch_size=16, max_length=64, max_steps=steps)

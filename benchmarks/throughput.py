@@ -71,7 +71,8 @@ import torch
 from lorasweep.config import TrialConfig
 from lorasweep.data import pack_epochs
 from lorasweep.modeling import target_modules
-from lorasweep.trial import prepare, run_trial
+from lorasweep.prepare import prepare
+from lorasweep.trial import run_trial
 from lorasweep.world import default_cache_dir
 
 METHODS = {
@@ -153,10 +154,10 @@ def lorasweep_run(config: TrialConfig, warmup: int) -> dict:
     tokens = (config.max_steps - warmup) * config.batch_size * config.max_length
     return {
         **{c: tokens / (marks[config.max_steps][c] - marks[warmup][c]) for c in CLOCKS},
-        "recorded": result["tokens_per_s"],
-        "train_s": result["train_s"],  # wall clock over every step, as the trial records it
-        "train_loss": result["train_loss"],
-        "trainable": result["trainable_params"],
+        "recorded": result.tokens_per_s,
+        "train_s": result.train_s,  # wall clock over every step, as the trial records it
+        "train_loss": result.train_loss,
+        "trainable": result.trainable_params,
     }
 
 

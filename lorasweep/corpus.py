@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from lorasweep.config import ConfigError, TrialConfig
+from lorasweep.config import TrialConfig
+from lorasweep.validation import ConfigError
 from lorasweep.world import Probe, build_world, default_cache_dir, world_fingerprint
 
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}

@@ -119,3 +119,8 @@ def answer_length(tokenizer, prompt: str, answer: str) -> int:
     prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
     full_ids = tokenizer(f"{prompt} {answer}", add_special_tokens=True)["input_ids"]
     return max(1, len(full_ids) - len(prompt_ids))
+
+
+def forget(general_loss: float, base_general_loss: float) -> float:
+    """forget: how far the general held-out loss rose over the base model's on the same text."""
+    return general_loss - base_general_loss

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from lorasweep.config import ConfigError, TrialConfig
+from lorasweep.config import TrialConfig
+from lorasweep.validation import ConfigError
 
 # Target-module presets per architecture. A preset an architecture cannot express (q,v only on a
 # fused QKV projection) is absent, and asking for it is an error, never a silent substitute.
@@ -230,7 +231,7 @@ def load_quantized(
         quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
     else:
         quant = BitsAndBytesConfig(load_in_8bit=True)
-    return AutoModelForCausalLM.from_pretrained(
+    model = AutoModelForCausalLM.from_pretrained(
         path,
         use_safetensors=True,
         dtype=dtype,
@@ -240,6 +241,23 @@ def load_quantized(
         attn_implementation=config.attn_implementation,
         local_files_only=True,
     )
+    _plain_cpu_4bit(model)
+    return model
+
+
+def _plain_cpu_4bit(model: torch.nn.Module) -> None:
+    """4-bit layers take bitsandbytes' portable CPU path on every CPU.
+
+    On a CPU with AVX512-BF16, bitsandbytes 0.50 repacks 4-bit weights at the first forward without
+    gradients (our evaluations), which fails unless every output width is a multiple of 32 and the
+    `kernels` package can fetch its kernel from the Hugging Face hub; the portable path trains and
+    evaluates the same trial on any CPU, so a study's QLoRA trials reproduce across machines.
+    """
+    from bitsandbytes.nn import Linear4bit
+
+    for module in model.modules():
+        if isinstance(module, Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def model_bytes(model: torch.nn.Module) -> int:

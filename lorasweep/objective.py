@@ -3,9 +3,9 @@
     objective(trial) -> (learn, forget)       # objective: pareto
     objective(trial) -> learn                 # objective: constrained (forget <= tolerance)
 
-Every value `run_trial` returns is stored as a user attr (the resolved config included), and the
-intermediate learn values become the trial's intermediate values, so learning curves show in
-optuna-dashboard. With `objective: constrained`, a pruner may stop a trial at an intermediate
+Every field of the `TrialResult` that `run_trial` returns is stored as a user attr of the same name
+(the resolved config included), and the intermediate learn values become the trial's intermediate
+values, so learning curves show in optuna-dashboard. With `objective: constrained`, a pruner may stop a trial at an intermediate
 evaluation; with `objective: pareto`, the dominance pruner (lorasweep/pruning.py) may. A pruned
 trial records the step and the reason.
 
@@ -24,22 +24,20 @@ from pathlib import Path
 
 import optuna
 import torch
-import yaml
 
-from lorasweep.config import ConfigError
+from lorasweep.artifacts import attach
+from lorasweep.config import write_trial_yaml
+from lorasweep.optuna_private import write_intermediate_value
 from lorasweep.pruning import should_prune
 from lorasweep.search_space import SearchSpace
 from lorasweep.train import NonFiniteLoss
 from lorasweep.trial import run_trial
+from lorasweep.validation import ConfigError
 
 # Failures that belong to one configuration, not to the sweep (a diverged loss, a target preset
 # the architecture lacks, a batch too big for the memory): the trial is recorded as failed with
 # the reason, its memory is released, and the study goes on.
 TRIAL_FAILURES = (NonFiniteLoss, ConfigError, torch.OutOfMemoryError)
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM during a trial: Optuna marks the trial failed, the command exits cleanly."""
 
 
 def make_objective(
@@ -104,15 +102,15 @@ def make_objective(
         except KeyboardInterrupt as err:
             trial.set_user_attr("fail_reason", f"interrupted by {str(err) or 'SIGINT'}")
             raise
-        report(trial, result["train_steps"], result["learn"])  # the last point of the learning curve
-        for key, value in result.items():
+        report(trial, result.train_steps, result.learn)  # the last point of the learning curve
+        for key, value in result.attrs().items():
             trial.set_user_attr(key, value)
         if artifact_dir is not None:
-            attach_config(trial, result["config"], artifact_dir)
+            attach_config(trial, result.config, artifact_dir)
         if constrained:
-            trial.set_constraint("forget", result["forget"] - space.forget_tolerance)
-            return result["learn"]
-        return result["learn"], result["forget"]
+            trial.set_constraint("forget", result.forget - space.forget_tolerance)
+            return result.learn
+        return result.learn, result.forget
 
     return objective
 
@@ -125,14 +123,11 @@ def release_memory() -> None:
 
 
 def attach_config(trial: optuna.Trial, config: dict, artifact_dir: Path) -> None:
-    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
-
-    artifact_dir.mkdir(parents=True, exist_ok=True)
+    """The trial's resolved config as its `trial.yaml` artifact."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "trial.yaml"
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
-        store = FileSystemArtifactStore(base_path=str(artifact_dir))
-        upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
+        write_trial_yaml(config, path)
+        attach(trial, [path], artifact_dir)
 
 
 def prune(trial: optuna.Trial, step: int, reason: str) -> None:
@@ -161,12 +156,9 @@ def completed_curves(study: optuna.Study) -> list[list[tuple[float, float]]]:
 
 
 def report(trial: optuna.Trial, step: int, value: float) -> None:
-    """Record an intermediate value, also in multi-objective studies.
-
-    Optuna 5's `Trial.report` raises for multi-objective studies (they cannot prune), but the
-    storage keeps intermediate values for any trial and the dashboard plots them, so write there.
-    """
+    """Record an intermediate learn value: for the pruner (one objective), for the dashboard's
+    learning curve (any study; Optuna cannot report on multi-objective ones)."""
     if len(trial.study.directions) == 1:
         trial.report(value, step)
     else:
-        trial.study._storage.set_trial_intermediate_value(trial._trial_id, step, value)
+        write_intermediate_value(trial, step, value)

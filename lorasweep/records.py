@@ -10,12 +10,87 @@ missing attr. All of them ask this module, so every command names a missing attr
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import optuna
 
-from lorasweep.config import ConfigError
 from lorasweep.study import objective_of
+from lorasweep.validation import ConfigError
+
+
+@dataclass
+class TrialResult:
+    """What one trial measured and ran with. Each field is a user attr of its Optuna trial, by the
+    same name; a field a trial has no value for (None) is not recorded."""
+
+    learn: float  # exact match on the domain probes
+    forget: float  # general held-out loss minus the base model's (evaluate.forget)
+    method: str
+    general_loss: float
+    domain_loss: float | None  # the world's held-out paraphrases; a user's data has none
+    general_qa_acc: float | None  # the world's general QA
+    general_qa_delta: float | None  # general_qa_acc minus the base model's
+    lawa_learn: float | None  # LAWA's averaged weights (lawa_k > 0)
+    lawa_forget: float | None
+    lawa_snapshots: int | None
+    lawa_snapshot_bytes: int | None
+    base_metrics: dict[str, float]
+    learn_curve: dict[str, float]  # step (as text, for JSON) -> learn at that evaluation
+    forget_curve: dict[str, float]
+    target_modules_resolved: list[str]
+    quantization: str
+    trainable_params: int
+    total_params: int
+    trainable_pct: float
+    peak_mem_bytes: int
+    model_bytes: int
+    peak_lr: float
+    train_steps: int
+    train_tokens: int
+    train_loss: float
+    tokens_per_s: float
+    train_s: float
+    eval_s: float
+    wall_s: float
+    seed: int
+    threads: int
+    base_model: str
+    base_fingerprint: str
+    data_fingerprint: str
+    device: str
+    dtype: str
+    config: dict[str, Any]  # the resolved TrialConfig, the file `lorasweep run --config` takes
+    versions: dict[str, str]
+
+    def attrs(self) -> dict[str, Any]:
+        """The user attrs the trial records."""
+        return {name: value for name, value in asdict(self).items() if value is not None}
+
+    @classmethod
+    def from_attrs(cls, attrs: dict[str, Any]) -> TrialResult:
+        """The result a trial recorded (None for what it did not); other attrs are left out."""
+        return cls(**{f.name: attrs.get(f.name) for f in fields(cls)})
+
+
+def forget_of(frozen: optuna.trial.FrozenTrial) -> float | None:
+    """A recorded trial's forget: the second value of a pareto study, a user attr of a constrained
+    one (and None where neither holds it: plain Optuna, a trial that did not complete)."""
+    if frozen.values is not None and len(frozen.values) > 1:
+        return frozen.values[1]
+    value = frozen.user_attrs.get("forget")
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def recorded_metrics(frozen: optuna.trial.FrozenTrial, names: Iterable[str]) -> dict[str, float]:
+    """The trial's recorded metrics among `names`, those it holds."""
+    found = {}
+    for name in names:
+        value = forget_of(frozen) if name == "forget" else frozen.user_attrs.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            found[name] = float(value)
+    return found
+
 
 # what a trial attr holds, as an error message names it (others are named by the attr alone)
 RECORDED_AS = {"config": "config", "learn": "metrics"}

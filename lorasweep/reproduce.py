@@ -19,16 +19,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import optuna
-import yaml
 
-from lorasweep.config import ConfigError, TrialConfig
-from lorasweep.records import RERUN_ATTRS, require, trial_gaps
+from lorasweep.config import TrialConfig, write_trial_yaml
+from lorasweep.records import RERUN_ATTRS, TrialResult, recorded_metrics, require, trial_gaps
 from lorasweep.study import best_trials
+from lorasweep.validation import ConfigError
 
 if TYPE_CHECKING:
-    # lorasweep.trial loads torch (seconds): imported where a trial trains, so a trial that cannot
+    # lorasweep.prepare and .trial load torch (seconds): imported where a trial trains, so a trial that cannot
     # run again is answered at once
-    from lorasweep.trial import Prepared
+    from lorasweep.prepare import Prepared
 
 COMPARED = ("learn", "forget", "general_loss", "domain_loss", "general_qa_acc")
 
@@ -75,6 +75,18 @@ def trial_config(frozen: optuna.trial.FrozenTrial) -> TrialConfig:
     return config
 
 
+def rerun_config(frozen: optuna.trial.FrozenTrial, purpose: str, trust_remote_code: bool) -> TrialConfig:
+    """`trial_config`, unless the trial's model ships Python code and the user did not allow it."""
+    config = trial_config(frozen)
+    if config.trust_remote_code and not trust_remote_code:
+        # the study may come from someone else: its record alone does not run a model's own code
+        raise ConfigError(
+            f"trial {frozen.number} recorded trust_remote_code: true (its model ships Python code); "
+            f"pass --trust-remote-code to {purpose} it"
+        )
+    return config
+
+
 def changed_inputs(frozen: optuna.trial.FrozenTrial, prepared: Prepared) -> tuple[list[str], list[str]]:
     """(what differs from the trial's recorded fingerprints, what the trial did not record)."""
     changed = []
@@ -97,12 +109,15 @@ def changed_inputs(frozen: optuna.trial.FrozenTrial, prepared: Prepared) -> tupl
     return changed, [str(gap) for gap in trial_gaps([frozen], unrecorded)]
 
 
-def compare(recorded: dict, result: dict, tolerance: float) -> list[tuple[str, float, float, bool]]:
+def compare(
+    frozen: optuna.trial.FrozenTrial, result: TrialResult, tolerance: float
+) -> list[tuple[str, float, float, bool]]:
     """(metric, recorded, now, within tolerance) for every compared metric both runs have."""
     rows = []
-    for key in COMPARED:
-        if isinstance(recorded.get(key), (int, float)) and key in result:
-            then, now = float(recorded[key]), float(result[key])
+    for key, then in recorded_metrics(frozen, COMPARED).items():
+        now = getattr(result, key)
+        if now is not None:
+            now = float(now)
             ok = math.isclose(then, now, rel_tol=0.0, abs_tol=tolerance) if tolerance else then == now
             rows.append((key, then, now, ok))
     return rows
@@ -114,7 +129,7 @@ def export_trial(
     merge: bool = False,
     cache_dir: Path | None = None,
     on_step: Callable[[int, int], None] | None = None,
-) -> dict:
+) -> TrialResult:
     """Train the trial again and write its weights, `trial.yaml` and a model card into `out`.
 
     Adapter trials give a PEFT adapter (`adapter_model.safetensors`, `adapter_config.json`) that
@@ -138,14 +153,13 @@ def export_trial(
     from lorasweep.trial import run_trial
 
     result = run_trial(config, on_step=on_step, cache_dir=cache_dir, on_trained=save)
-    (out / "trial.yaml").write_text(yaml.safe_dump(frozen.user_attrs["config"], sort_keys=False))
+    write_trial_yaml(frozen.user_attrs["config"], out / "trial.yaml")
     (out / "README.md").write_text(model_card(frozen, result, merge))
     return result
 
 
-def model_card(frozen: optuna.trial.FrozenTrial, result: dict, merge: bool) -> str:
-    attrs = frozen.user_attrs
-    config = result["config"]  # resolved by this run (alpha set), whichever version recorded the trial
+def model_card(frozen: optuna.trial.FrozenTrial, result: TrialResult, merge: bool) -> str:
+    config = result.config  # resolved by this run (alpha set), whichever version recorded the trial
     adapter = config["method"] != "full" and not merge
     what = (
         "PEFT adapter"
@@ -163,7 +177,7 @@ def model_card(frozen: optuna.trial.FrozenTrial, result: dict, merge: bool) -> s
         "| metric | recorded in the study | this export's run |",
         "|---|---|---|",
     ]
-    for key, then, now, _ in compare(attrs, result, tolerance=float("inf")):
+    for key, then, now, _ in compare(frozen, result, tolerance=float("inf")):
         lines.append(f"| {key} | {then:.4f} | {now:.4f} |")
     lines += [
         "",
@@ -172,16 +186,16 @@ def model_card(frozen: optuna.trial.FrozenTrial, result: dict, merge: bool) -> s
         "",
         "## Provenance",
         "",
-        f"- base model: `{result['base_model']}` (weights sha256 {result['base_fingerprint']})",
-        f"- data fingerprint: {result['data_fingerprint']}",
+        f"- base model: `{result.base_model}` (weights sha256 {result.base_fingerprint})",
+        f"- data fingerprint: {result.data_fingerprint}",
         f"- method {config['method']}, learning rate {config['learning_rate']:g}, "
         + (
-            f"rank {config['rank']}, alpha {config['alpha']:g}, targets {result['target_modules_resolved']}, "
+            f"rank {config['rank']}, alpha {config['alpha']:g}, targets {result.target_modules_resolved}, "
             if config["method"] != "full"
             else ""
         )
-        + f"{result['train_steps']} steps, seed {config['seed']}, {result['dtype']} on {result['device']}",
-        "- versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()),
+        + f"{result.train_steps} steps, seed {config['seed']}, {result.dtype} on {result.device}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in result.versions.items()),
         "",
         "## Loading",
         "",
@@ -192,7 +206,7 @@ def model_card(frozen: optuna.trial.FrozenTrial, result: dict, merge: bool) -> s
             "from peft import PeftModel",
             "from transformers import AutoModelForCausalLM, AutoTokenizer",
             "",
-            f'base = AutoModelForCausalLM.from_pretrained("{result["base_model"]}")',
+            f'base = AutoModelForCausalLM.from_pretrained("{result.base_model}")',
             'model = PeftModel.from_pretrained(base, "<this directory>")',
             'tokenizer = AutoTokenizer.from_pretrained("<this directory>")',
         ]

@@ -27,8 +27,10 @@ from typing import Any
 
 import optuna
 
-from lorasweep.config import ConfigError, TrialConfig, coerce, load_yaml
+from lorasweep.config import TrialConfig
+from lorasweep.validation import ConfigError, coerce, field_kind, load_yaml, unknown
 
+DEFAULT_SPACE = Path("search_spaces/default.yaml")
 SPACE_KEYS = ("objective", "forget_tolerance", "pruner", "config", "params", "baselines", "sampler")
 OBJECTIVES = ("pareto", "constrained")
 # Optuna's pruners act on the intermediate learn values and cannot prune multi-objective studies,
@@ -166,7 +168,7 @@ def load_space(path: Path) -> SearchSpace:
         raise ConfigError(f"{src}: a search space must be a mapping with keys {', '.join(SPACE_KEYS)}")
     for key in raw:
         if key not in SPACE_KEYS:
-            raise ConfigError(f"{src}: unknown key '{key}' (allowed: {', '.join(SPACE_KEYS)})")
+            raise ConfigError(f"{src}: {unknown('key', key, SPACE_KEYS)}")
     config = raw.get("config") or {}
     TrialConfig.from_dict(config, f"{src} config")  # fixed fields alone must already be valid
     params = _parse_params(raw.get("params") or {}, config, src)
@@ -192,14 +194,14 @@ def _parse_params(raw: Any, config: dict[str, Any], src: str) -> list[Param]:
             raise ConfigError(f"{where} must be a mapping (choices, or low/high); fix values under 'config'")
         for key in spec:
             if key not in PARAM_KEYS:
-                raise ConfigError(f"{where}: unknown key '{key}' (allowed: {', '.join(PARAM_KEYS)})")
+                raise ConfigError(f"{where}: {unknown('key', key, PARAM_KEYS)}")
         target = spec.get("field", name)
         if not isinstance(target, str) or target not in hints or target == "world":
             searchable = ", ".join(h for h in hints if h != "world")
             raise ConfigError(f"{where}: '{target}' is not a trial-config field (searchable: {searchable})")
         if target in config:
             raise ConfigError(f"{where}: field '{target}' is both fixed under 'config' and searched")
-        kind = _field_type(hints[target])
+        kind = field_kind(hints[target])
         param = _parse_distribution(name, target, kind, spec, where)
         # every choice and both bounds must be valid values of the field on their own
         for value in param.choices or [param.low, param.high]:
@@ -329,8 +331,7 @@ def _parse_options(
         if key == "name":
             continue
         if key not in kinds[name]:
-            allowed = ", ".join(kinds[name]) or "none"
-            raise ConfigError(f"{src}: unknown {what} option '{key}' for {name} (allowed: {allowed})")
+            raise ConfigError(f"{src}: {unknown(f'{what} option', key, kinds[name], of=f' for {name}')}")
         options[key] = coerce(value, kinds[name][key], f"{src} {what}", key)
     return {"name": name, **options}
 
@@ -360,8 +361,3 @@ def _baseline(space: SearchSpace, raw: Any, where: str) -> dict[str, Any]:
         raise ConfigError(f"{where}: '{unused[0]}' is not a param active in this baseline")
     space.trial_config(values)
     return values
-
-
-def _field_type(hint: Any) -> type:
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if args else hint

@@ -15,10 +15,11 @@ import optuna
 from sqlalchemy.exc import SQLAlchemyError
 
 from lorasweep import __version__
-from lorasweep.config import ConfigError
 from lorasweep.search_space import SearchSpace
+from lorasweep.validation import ConfigError
 
 DEFAULT_STORAGE = "sqlite:///results/lorasweep.db"
+DEFAULT_STUDY = "default"
 # objective mode -> (metric names, directions)
 OBJECTIVES = {
     "pareto": (["learn", "forget"], ["maximize", "minimize"]),
@@ -44,6 +45,11 @@ def storage(
     `grace` seconds, and queued to run again (Optuna's RetryHeartbeatStaleTrialCallback; the
     retry records `failed_trial` and `retry_history`).
     """
+    if heartbeat is not None and not 0 < heartbeat[0] < heartbeat[1]:
+        raise ConfigError(
+            f"--heartbeat-interval {heartbeat[0]} and --grace-period {heartbeat[1]}: "
+            "allowed: 0 < interval < grace period"
+        )
     scheme = url.split(":", 1)[0].split("+", 1)[0]
     if "://" not in url or scheme not in ("sqlite", "postgresql", "mysql", "journal"):
         raise ConfigError(
@@ -116,10 +122,12 @@ def open_study(
     space: SearchSpace,
     seed: int,
     heartbeat: tuple[int, int] = (HEARTBEAT_S, GRACE_S),
+    base_metrics: dict[str, float] | None = None,
 ) -> optuna.Study:
     """Create the study, or load it to add trials; a study keeps the space it was created with.
 
-    `url` may also be a storage already opened (with its heartbeat settings).
+    `url` may also be a storage already opened (with its heartbeat settings). `base_metrics`, the
+    base model's own, are recorded once: every trial's forget is relative to them.
     """
     store = url if isinstance(url, optuna.storages.BaseStorage) else storage(url, heartbeat=heartbeat)
     exists = name in optuna.get_all_study_names(store)
@@ -153,6 +161,8 @@ def open_study(
     study.set_user_attr("sampler", space.sampler)
     study.set_user_attr("pruner", space.pruner)
     study.set_user_attr("sampler_runs", runs)
+    if base_metrics is not None and "base_metrics" not in study.user_attrs:
+        study.set_user_attr("base_metrics", base_metrics)
     return study
 
 

@@ -22,6 +22,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -31,15 +32,109 @@ from pathlib import Path
 from typing import IO, Any
 
 import optuna
+import typer
 from optuna.storages import RetryHeartbeatStaleTrialCallback
-from optuna.storages._heartbeat import is_heartbeat_enabled  # not exported; what optimize uses
 from optuna.trial import TrialState
+
+from lorasweep.optuna_private import heartbeats_enabled
+from lorasweep.validation import ConfigError
 
 SEED_STRIDE = 1_000_003  # worker i samples with seed + i * SEED_STRIDE: no two workers draw alike
 CPUS_ENV = "LORASWEEP_CPUS"  # the cores a worker pins itself to (`pin_cpus`), e.g. "0,1"
 RUN_ENV = "LORASWEEP_RUN"  # the run whose trials a worker counts (its parent's)
 LOCK_ENV = "LORASWEEP_LOCK"  # a file the run's workers lock while one of them claims a trial
 POLL_S = 2.0  # how often a worker that has nothing left to start looks at the study
+
+
+INTERRUPTED = "interrupted: the running {} marked failed; run again to resume"
+# options the parent sets per worker (or that only the parent reads), never passed on as given
+PER_WORKER = ("workers", "devices", "n_trials", "seed")
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM during a trial: Optuna marks the trial failed, the command exits cleanly."""
+
+
+def check_run(n_trials: int, timeout: float | None, workers: int, devices: str | None) -> list[str] | None:
+    """A one-line ConfigError for a run's options that no type check catches; the GPUs of --devices."""
+    if n_trials < 1:
+        raise ConfigError(f"--n-trials is {n_trials}; allowed: an integer >= 1")
+    if timeout is not None and timeout <= 0:
+        raise ConfigError(f"--timeout is {timeout}; allowed: a number of seconds > 0")
+    if workers < 1:
+        raise ConfigError(f"--workers is {workers}; allowed: an integer >= 1")
+    gpus = devices.split(",") if devices else None
+    if gpus is not None and (len(gpus) != workers or not all(g.strip().isdigit() for g in gpus)):
+        raise ConfigError(f"--devices '{devices}': allowed: {workers} GPU indices, one per worker, e.g. 0,1")
+    return gpus
+
+
+def worker_command(ctx: typer.Context) -> list[str]:
+    """The optimize command a worker runs: this one, with every option as given, less PER_WORKER.
+
+    Built from the command's own options, so an option added to `optimize` reaches the workers.
+    """
+    argv = [sys.executable, "-m", "lorasweep", ctx.command.name]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.param_type_name != "option" or param.name in PER_WORKER or value is None:
+            continue
+        if param.is_flag:
+            argv += param.opts[:1] if value else param.secondary_opts[:1]
+        else:
+            argv += [param.opts[0], str(value)]
+    return argv
+
+
+def run(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], Any],
+    command: Sequence[str],
+    n_trials: int,
+    timeout: float | None,
+    seed: int,
+    workers: int,
+    devices: Sequence[str] | None,
+    on_trial: Callable[[optuna.trial.FrozenTrial], None],
+    **optimize_kwargs: Any,
+) -> tuple[int, str]:
+    """This run's `n_trials` trials: here, or in `workers` processes that run `command` (`--workers`).
+
+    Returns (exit code, what to tell the user), as `run_workers` does.
+    """
+    if workers > 1:
+        return run_workers(command, n_trials, workers, seed, devices, study, on_trial)
+    callbacks = [lambda _study, frozen: on_trial(frozen)]
+    code = run_here(study, objective, n_trials, timeout, callbacks=callbacks, **optimize_kwargs)
+    return code, INTERRUPTED.format("trial is") if code else ""
+
+
+def run_here(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], Any],
+    n_trials: int,
+    timeout: float | None,
+    **optimize_kwargs: Any,
+) -> int:
+    """`run_trials` in this process; returns 0, or 130/143 when Ctrl-C/SIGTERM ended it.
+
+    SIGTERM (a scheduler, `kill`) ends the run like Ctrl-C: the running trial is marked failed
+    with the reason, and the study stays consistent for the next optimize. Ctrl-C raises our
+    KeyboardInterrupt subclass too: after a plain KeyboardInterrupt, even one caught, CPython may
+    end the process by SIGINT (-2) instead of exiting 130 (it marks one raised inside exec'd source
+    as unhandled; about half of our test interrupts).
+    """
+
+    def interrupt(signum: int, _frame) -> None:
+        raise Interrupted(signal.Signals(signum).name)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, interrupt)
+    try:
+        run_trials(study, objective, n_trials, timeout, **optimize_kwargs)
+    except KeyboardInterrupt as err:
+        return 143 if str(err) == "SIGTERM" else 130
+    return 0
 
 
 def pin_cpus() -> None:
@@ -88,7 +183,7 @@ def run_trials(
     run = os.environ.get(RUN_ENV) or uuid.uuid4().hex[:12]
     worker = f"{socket.gethostname()}:{os.getpid()}"
     lock_path = os.environ.get(LOCK_ENV)
-    heartbeats = is_heartbeat_enabled(study._storage)
+    heartbeats = heartbeats_enabled(study)
     start = time.monotonic()
     with open(lock_path, "a") if lock_path else open(os.devnull) as lock:
 
@@ -153,7 +248,7 @@ def run_workers(
             )
         received = _watch(procs, study, seen, on_trial)
         if received:
-            return (143 if received[0] == signal.SIGTERM else 130), ""
+            return (143 if received[0] == signal.SIGTERM else 130), INTERRUPTED.format("trials are")
         failed = [
             (i, proc.returncode, log) for i, (proc, log) in enumerate(zip(procs, logs)) if proc.returncode
         ]

@@ -1,10 +1,11 @@
 """The embedded default: a synthetic knowledge world and the tiny base model that knows half of it.
 
 People have attributes (birth city, university, employer, job); biographies state them in
-paraphrase templates, QA probes ask for them in a separate question template (DESIGN.md section 3).
-*General* people are known to the base model, which is pretrained here on their biographies plus QA
-for half of them, so it learns to extract facts as answers. *Domain* people are the new knowledge a
-trial injects from biographies alone; learn is exact match on their QA probes.
+paraphrase templates, QA probes ask for them in a separate question template. *General* people are
+known to the base model, which is pretrained here on their biographies plus QA for half of them, so
+it learns to extract facts as answers (mixed training and paraphrases make knowledge extractable:
+Allen-Zhu and Li, Physics of Language Models 3.1, arXiv:2309.14316). *Domain* people are the new
+knowledge a trial injects from biographies alone; learn is exact match on their QA probes.
 
 For every person and attribute one template is held out of training: held-out biographies use it,
 so the held-out losses measure knowledge in a phrasing never trained on, while every word of it

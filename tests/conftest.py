@@ -96,7 +96,7 @@ def tiny_world() -> WorldConfig:
 
 @pytest.fixture(scope="session")
 def prepared(tiny_world, cache_dir):
-    from lorasweep.trial import prepare
+    from lorasweep.prepare import prepare
 
     return prepare(TrialConfig(world=tiny_world), cache_dir)
 

@@ -18,8 +18,9 @@ import optuna
 import pytest
 from conftest import TINY_WORLD, cli
 
-from lorasweep.config import ConfigError, TrialConfig, WorldConfig
+from lorasweep.config import TrialConfig, WorldConfig
 from lorasweep.corpus import load_corpus
+from lorasweep.validation import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = {
@@ -101,7 +102,7 @@ def test_a_utf8_byte_order_mark_is_not_part_of_the_text(tmp_path):
 def test_a_huge_line_is_one_whole_document_read_in_seconds(suffix, tmp_path):
     # A user expects a long document to be trained on, not refused: the corpus keeps it whole,
     # training packs its tokens into rows of max_length, and a held-out one is cut into pieces
-    # of the model's context (trial._chunks); tokenizing it takes seconds per MB, like any text.
+    # of the model's context (prepare._chunks); tokenizing it takes seconds per MB, like any text.
     huge = ("word " * (HUGE // 5)).strip()
     path = tmp_path / f"domain{suffix}"
     path.write_text(json.dumps({"text": huge}) + "\n" if suffix == ".jsonl" else huge + "\n")
@@ -112,7 +113,7 @@ def test_a_huge_line_is_one_whole_document_read_in_seconds(suffix, tmp_path):
 
 
 def test_held_out_text_longer_than_the_context_is_cut_into_pieces():
-    from lorasweep.trial import _chunks
+    from lorasweep.prepare import _chunks
 
     pieces = _chunks([list(range(1000)), [7]], 128)
     assert [len(p) for p in pieces] == [128] * 7 + [104, 1]

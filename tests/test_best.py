@@ -8,9 +8,9 @@ import pytest
 import yaml
 from conftest import TINY_SPACE, cli, optimize
 
-from lorasweep.config import ConfigError
 from lorasweep.search_space import load_space
 from lorasweep.study import best_trials, load_study
+from lorasweep.validation import ConfigError
 
 
 def write_space(tmp_path, **top) -> str:

@@ -32,11 +32,11 @@ def test_compiled_trial_trains_as_eager_and_later_trials_of_the_structure_reuse_
     eager = run_trial(lora)
     compiled = run_trial(dataclasses.replace(lora, compile=True))
     # inductor fuses and reorders float ops: equal up to rounding, not bit for bit
-    assert compiled["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-4)
-    assert compiled["forget"] == pytest.approx(eager["forget"], abs=1e-4)
-    assert compiled["learn"] == pytest.approx(eager["learn"], abs=0.02)
-    assert compiled["config"]["compile"] is True and eager["config"]["compile"] is False
-    assert compiled["learn_curve"].keys() == eager["learn_curve"].keys()  # evaluations ran (eagerly)
+    assert compiled.train_loss == pytest.approx(eager.train_loss, rel=1e-4)
+    assert compiled.forget == pytest.approx(eager.forget, abs=1e-4)
+    assert compiled.learn == pytest.approx(eager.learn, abs=0.02)
+    assert compiled.config["compile"] is True and eager.config["compile"] is False
+    assert compiled.learn_curve.keys() == eager.learn_curve.keys()  # evaluations ran (eagerly)
 
     graphs = counters["stats"]["unique_graphs"]
     assert graphs >= 1  # the model's forward was compiled, not run eagerly
@@ -48,6 +48,6 @@ def test_compiled_trial_trains_as_eager_and_later_trials_of_the_structure_reuse_
         on_trained=lambda model, _: trained.append(weakref.ref(model)),
     )
     assert counters["stats"]["unique_graphs"] == graphs
-    assert again["train_loss"] != compiled["train_loss"]
+    assert again.train_loss != compiled.train_loss
     gc.collect()
     assert trained[0]() is None  # the cached graph holds no trial's model (its memory is freed)

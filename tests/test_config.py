@@ -1,6 +1,9 @@
+import dataclasses
+
 import pytest
 
-from lorasweep.config import ConfigError, TrialConfig
+from lorasweep.config import TrialConfig, WorldConfig
+from lorasweep.validation import ConfigError
 
 
 def test_round_trip_through_yaml(tmp_path):
@@ -29,6 +32,7 @@ def test_steps_follow_token_budget():
     ("data", "message"),
     [
         ({"methd": "lora"}, "unknown field 'methd'"),
+        ({"learning_rat": 1e-3}, "unknown field 'learning_rat'; did you mean 'learning_rate'? (allowed: "),
         ({"method": "adapter"}, "field 'method' is 'adapter'; allowed: full, lora, rslora, dora, qlora"),
         (
             {"target_modules": "everything"},
@@ -53,6 +57,27 @@ def test_invalid_configs_name_the_field(data, message):
         TrialConfig.from_dict(data, "trial.yaml")
     text = str(info.value)
     assert text.startswith("trial.yaml: ") and message in text and "\n" not in text
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: TrialConfig(method="adapter"), "field 'method' is 'adapter'; allowed: full, lora"),
+        (lambda: dataclasses.replace(TrialConfig(), rank=0), "field 'rank' is 0; allowed: an integer >= 1"),
+        (lambda: dataclasses.replace(TrialConfig(), seed="7"), "field 'seed' is '7'; expected an integer"),
+        (lambda: WorldConfig(n_heads=5), "field 'world.n_heads' is 5; allowed: a positive divisor"),
+        (lambda: TrialConfig(world={"seed": 1}), "field 'world' is {'seed': 1}; expected a mapping of world"),
+    ],
+)
+def test_a_config_made_in_code_is_validated_on_construction(make, message):
+    with pytest.raises(ConfigError) as info:
+        make()
+    assert str(info.value).startswith(message)
+
+
+def test_numbers_made_in_code_take_their_field_type():
+    config = TrialConfig(alpha=8, learning_rate="3e-4")
+    assert (config.alpha, config.learning_rate) == (8.0, 3e-4) and isinstance(config.alpha, float)
 
 
 def test_unreadable_files_are_one_line_errors(tmp_path):

@@ -7,7 +7,7 @@ from lorasweep.config import TrialConfig
 from lorasweep.data import IGNORE, Batch
 from lorasweep.evaluate import exact_match, mean_loss
 from lorasweep.modeling import trial_model
-from lorasweep.trial import evaluate_model
+from lorasweep.prepare import evaluate_model
 
 
 class FixedPredictions(torch.nn.Module):

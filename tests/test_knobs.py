@@ -67,21 +67,21 @@ KNOBS = [
 @pytest.mark.parametrize("change", KNOBS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
 def test_knob_changes_what_is_trained(lora, reference, change):
     result = run_trial(dataclasses.replace(lora, **change))
-    assert math.isfinite(result["forget"])
-    assert result["forget"] != reference["forget"]
+    assert math.isfinite(result.forget)
+    assert result.forget != reference.forget
 
 
 def test_settings_that_only_observe_do_not_change_training(lora, reference):
     more_evals = run_trial(dataclasses.replace(lora, eval_points=4, eval_fraction=1.0))
-    assert (more_evals["learn"], more_evals["forget"]) == (reference["learn"], reference["forget"])
-    assert len(more_evals["learn_curve"]) == 4
+    assert (more_evals.learn, more_evals.forget) == (reference.learn, reference.forget)
+    assert len(more_evals.learn_curve) == 4
 
 
 def test_min_lr_and_decay_ratios_shape_their_schedules(lora):
     cosine = dataclasses.replace(lora, schedule="cosine_with_min_lr")
     wsd = dataclasses.replace(lora, schedule="warmup_stable_decay")
-    assert run_trial(cosine)["forget"] != run_trial(dataclasses.replace(cosine, min_lr_ratio=0.0))["forget"]
-    assert run_trial(wsd)["forget"] != run_trial(dataclasses.replace(wsd, decay_ratio=0.5))["forget"]
+    assert run_trial(cosine).forget != run_trial(dataclasses.replace(cosine, min_lr_ratio=0.0)).forget
+    assert run_trial(wsd).forget != run_trial(dataclasses.replace(wsd, decay_ratio=0.5)).forget
 
 
 def lrs_used(config: TrialConfig, prepared) -> list[float]:
@@ -148,7 +148,7 @@ def test_budget_in_tokens_steps_or_epochs(lora, prepared):
     mixed = dataclasses.replace(lora, epochs=2.0, replay_ratio=0.5).resolved(domain_tokens)
     assert mixed.train_tokens == 4 * domain_tokens
     result = run_trial(dataclasses.replace(lora, grad_accum=2, batch_size=4))
-    assert result["train_steps"] == 32 and result["train_tokens"] == 32 * 2 * 4 * 32
+    assert result.train_steps == 32 and result.train_tokens == 32 * 2 * 4 * 32
 
 
 def test_replay_mixes_general_text_at_the_ratio(prepared):
@@ -170,13 +170,13 @@ def test_replay_text_is_disjoint_from_the_forgetting_measure(tiny_world):
 
 def test_lawa_evaluates_the_average_of_the_last_k_snapshots(lora):
     result = run_trial(dataclasses.replace(lora, lawa_k=3, lawa_interval=5))
-    assert result["lawa_snapshots"] == 3
-    assert result["lawa_snapshot_bytes"] == 3 * result["trainable_params"] * 4
-    assert 0.0 <= result["lawa_learn"] <= 1.0
-    assert result["lawa_forget"] != result["forget"]  # averaged weights differ from the final ones
+    assert result.lawa_snapshots == 3
+    assert result.lawa_snapshot_bytes == 3 * result.trainable_params * 4
+    assert 0.0 <= result.lawa_learn <= 1.0
+    assert result.lawa_forget != result.forget  # averaged weights differ from the final ones
     plain = run_trial(lora)
-    assert (plain["learn"], plain["forget"]) == (result["learn"], result["forget"])  # final weights untouched
-    assert "lawa_learn" not in plain
+    assert (plain.learn, plain.forget) == (result.learn, result.forget)  # final weights untouched
+    assert plain.lawa_learn is None and "lawa_learn" not in plain.attrs()
 
 
 def test_adapter_methods_build_what_they_name(lora, prepared):
@@ -206,11 +206,11 @@ def test_adapter_methods_build_what_they_name(lora, prepared):
 def test_qlora_records_its_quantization(lora):
     result = run_trial(dataclasses.replace(lora, method="qlora"))
     plain = run_trial(lora)
-    assert result["quantization"] == "nf4" and result["method"] == "qlora"
-    assert plain["quantization"] == "none"
+    assert result.quantization == "nf4" and result.method == "qlora"
+    assert plain.quantization == "none"
     # same adapter on the same layers: the same parameter counts, in fewer bytes
-    assert (result["trainable_params"], result["total_params"]) == (
-        plain["trainable_params"],
-        plain["total_params"],
+    assert (result.trainable_params, result.total_params) == (
+        plain.trainable_params,
+        plain.total_params,
     )
-    assert result["model_bytes"] < plain["model_bytes"]
+    assert result.model_bytes < plain.model_bytes

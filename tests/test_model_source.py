@@ -7,9 +7,10 @@ import pytest
 import torch
 from transformers import DistilBertConfig
 
-from lorasweep.config import ConfigError, TrialConfig
+from lorasweep.config import TrialConfig
 from lorasweep.modeling import load_base
 from lorasweep.trial import run_trial
+from lorasweep.validation import ConfigError
 
 
 @pytest.fixture
@@ -22,14 +23,14 @@ def config(llama_dir, tiny_world):
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_a_trial_trains_a_local_model_in_bf16(config, method):
     result = run_trial(dataclasses.replace(config, method=method, dtype="bf16", learning_rate=1e-3))
-    assert result["dtype"] == "bfloat16" and result["device"] == "cpu"
-    assert result["base_model"] == config.model and result["train_steps"] == 4
-    assert result["forget"] != 0.0  # trained, and measured against this model's own base
+    assert result.dtype == "bfloat16" and result.device == "cpu"
+    assert result.base_model == config.model and result.train_steps == 4
+    assert result.forget != 0.0  # trained, and measured against this model's own base
 
 
 def test_fp16_adapters_train_with_loss_scaling(config):
     result = run_trial(dataclasses.replace(config, method="lora", dtype="fp16", learning_rate=1e-3))
-    assert result["dtype"] == "float16" and result["forget"] != 0.0
+    assert result.dtype == "float16" and result.forget != 0.0
 
 
 def test_gradient_checkpointing_gives_the_same_training(config):
@@ -37,7 +38,7 @@ def test_gradient_checkpointing_gives_the_same_training(config):
     checkpointed = run_trial(
         dataclasses.replace(config, method="lora", learning_rate=1e-2, gradient_checkpointing=True)
     )
-    assert checkpointed["forget"] == pytest.approx(plain["forget"], abs=1e-5)
+    assert checkpointed.forget == pytest.approx(plain.forget, abs=1e-5)
 
 
 def test_a_tokenizer_without_pad_token_pads_with_eos(llama_dir, tmp_path):

@@ -16,8 +16,9 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from lorasweep.config import TARGET_PRESETS, ConfigError
+from lorasweep.config import TARGET_PRESETS
 from lorasweep.modeling import target_modules
+from lorasweep.validation import ConfigError
 
 SMALL = {
     "vocab_size": 32,

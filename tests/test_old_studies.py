@@ -29,9 +29,10 @@ from conftest import cli
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from lorasweep.config import ConfigError
-from lorasweep.report import default_out, gaps, write_report
+from lorasweep.analysis import gaps
+from lorasweep.report import default_out, write_report
 from lorasweep.reproduce import changed_inputs, recorded_trial, trial_config
+from lorasweep.validation import ConfigError
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # set_metric_names
 
@@ -153,11 +154,11 @@ def test_best_of_an_older_lorasweep_study_is_the_usual_table(db, cache_dir):
 
 
 def test_best_of_studies_without_a_completed_trial(db, capsys):
-    from lorasweep.cli import _print_best
+    from lorasweep.display import print_best
 
     _, url = db
-    _print_best(load(url, "unfinished"))
-    _print_best(load(url, "empty"))
+    print_best(load(url, "unfinished"))
+    print_best(load(url, "empty"))
     out = capsys.readouterr().out
     assert (
         "Best feasible trial of 'unfinished' (max learn, forget <= 0.5): no completed feasible trial yet"

@@ -23,8 +23,9 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from lorasweep.config import ConfigError, TrialConfig, WorldConfig
+from lorasweep.config import TrialConfig, WorldConfig
 from lorasweep.search_space import PARAM_KEYS, PRUNERS, SAMPLERS, SPACE_KEYS, load_space
+from lorasweep.validation import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = {p.name: yaml.safe_load(p.read_text()) for p in sorted((ROOT / "search_spaces").glob("*.yaml"))}

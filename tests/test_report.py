@@ -5,7 +5,8 @@ import pytest
 import yaml
 from conftest import cli, optimize
 
-from lorasweep.report import Row, critical_mixture_ratio, findings, front, spearman
+from lorasweep.analysis import Row, critical_mixture_ratio, front, spearman
+from lorasweep.findings import findings
 
 
 def row(number, method, lr, learn, forget, rank=None, targets=None, replay=0.0):
@@ -36,7 +37,7 @@ def test_findings_on_constructed_trials():
         )
     ]
     rows += [row(20, "lora", 3e-3, 0.12, 0.35, 16, "qv")]
-    verdicts = {claim.split(" (")[0]: (v, e) for claim, v, e in findings(rows, tolerance=0.7)}
+    verdicts = {f.claim: (f.verdict, f.evidence) for f in findings(rows, tolerance=0.7)}
     assert verdicts["All-linear LoRA learns more than q,v-only at equal rank"] == (
         "confirms",
         "rank 16: 0.700 vs 0.120",
@@ -48,7 +49,7 @@ def test_findings_on_constructed_trials():
         "LoRA 3.00e-03 / full 1.00e-03 = 3.0x",
     )
     assert verdicts["More replay lowers forgetting"][0] == "not enough trials"
-    few = {claim.split(" (")[0]: v for claim, v, _ in findings(rows[:2], tolerance=None)}
+    few = {f.claim: f.verdict for f in findings(rows[:2], tolerance=None)}
     assert few["Within full, a higher LR forgets more"] == "not enough trials"
     assert few["All-linear LoRA learns more than q,v-only at equal rank"] == "not enough trials"
 

@@ -6,8 +6,8 @@ import pytest
 import yaml
 from conftest import TINY_SPACE
 
-from lorasweep.config import ConfigError
 from lorasweep.search_space import load_space
+from lorasweep.validation import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,7 +74,10 @@ def edit(path: str, value):
         (
             "objectives",
             "x",
-            "unknown key 'objectives' (allowed: objective, forget_tolerance, pruner, config, params",
+            (
+                "unknown key 'objectives'; did you mean 'objective'? (allowed: objective, forget_tolerance, "
+                "pruner, config, params"
+            ),
         ),
         ("params.rank.hi", 3, "param 'rank': unknown key 'hi'"),
         ("params.rank.low", 9, "param 'rank': low 9 is greater than high 8"),

@@ -2,8 +2,9 @@ import dataclasses
 
 import pytest
 
-from lorasweep.config import ConfigError, TrialConfig
+from lorasweep.config import TrialConfig
 from lorasweep.trial import checkpoint_steps, run_trial
+from lorasweep.validation import ConfigError
 
 
 @pytest.fixture
@@ -14,11 +15,11 @@ def config(tiny_world, prepared):
 def test_full_fine_tuning_injects_knowledge_and_forgets(config, prepared):
     result = run_trial(dataclasses.replace(config, method="full", learning_rate=1e-3))
     base = prepared.base_metrics
-    assert result["domain_loss"] < base["domain_loss"] - 1.0
-    assert result["forget"] > 0
-    assert result["trainable_pct"] == 100.0 and result["target_modules_resolved"] == []
-    assert result["train_tokens"] == config.steps * 8 * 32
-    assert list(result["learn_curve"]) == ["16", "32"] and result["learn_curve"]["32"] == result["learn"]
+    assert result.domain_loss < base["domain_loss"] - 1.0
+    assert result.forget > 0
+    assert result.trainable_pct == 100.0 and result.target_modules_resolved == []
+    assert result.train_tokens == config.steps * 8 * 32
+    assert list(result.learn_curve) == ["16", "32"] and result.learn_curve["32"] == result.learn
 
 
 def test_lora_trains_only_the_adapter_on_the_preset(config):
@@ -26,18 +27,18 @@ def test_lora_trains_only_the_adapter_on_the_preset(config):
         dataclasses.replace(config, method="lora", rank=4, target_modules="qv", learning_rate=1e-2)
     )
     every = run_trial(dataclasses.replace(config, method="lora", rank=4, learning_rate=1e-2))
-    assert qv["target_modules_resolved"] == ["q_proj", "v_proj"]
-    assert qv["trainable_params"] < every["trainable_params"] < every["total_params"] / 2
-    assert every["config"]["alpha"] == 8.0  # resolved: 2 x rank
-    assert every["domain_loss"] < qv["domain_loss"]
+    assert qv.target_modules_resolved == ["q_proj", "v_proj"]
+    assert qv.trainable_params < every.trainable_params < every.total_params / 2
+    assert every.config["alpha"] == 8.0  # resolved: 2 x rank
+    assert every.domain_loss < qv.domain_loss
 
 
 def test_trial_is_deterministic(config):
     lora = dataclasses.replace(config, method="lora", rank=4, learning_rate=1e-2)
     first, second = run_trial(lora), run_trial(lora)
-    assert (first["learn"], first["forget"]) == (second["learn"], second["forget"])
+    assert (first.learn, first.forget) == (second.learn, second.forget)
     other_seed = run_trial(dataclasses.replace(lora, seed=1))
-    assert other_seed["forget"] != first["forget"]
+    assert other_seed.forget != first.forget
 
 
 def test_non_finite_loss_stops_training_at_the_next_checkpoint(prepared):
@@ -78,7 +79,7 @@ def test_rank_above_a_target_layers_width_is_an_error(config):
         ConfigError, match=r"rank 49 is above what a LoRA update of '\w+' can have: at most .* = 48"
     ):
         run_trial(dataclasses.replace(config, method="lora", rank=49, max_steps=1))
-    assert run_trial(dataclasses.replace(config, method="lora", rank=48, max_steps=1))["train_steps"] == 1
+    assert run_trial(dataclasses.replace(config, method="lora", rank=48, max_steps=1)).train_steps == 1
 
 
 def test_checkpoint_steps_are_spread_and_end_at_the_last_step():

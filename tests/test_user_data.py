@@ -21,9 +21,10 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from lorasweep.config import ConfigError, TrialConfig
+from lorasweep.config import TrialConfig
 from lorasweep.corpus import load_corpus
 from lorasweep.evaluate import generated_match, normalize
+from lorasweep.validation import ConfigError
 from lorasweep.world import Probe
 
 EXAMPLES = {name: f"examples/{name}" for name in ("domain.jsonl", "general.txt", "probes.jsonl")}
@@ -203,7 +204,7 @@ def test_bad_user_data_is_a_one_line_error(repo, model_dirs, tmp_path):
 
 
 def test_an_answer_longer_than_the_context_is_an_error(repo, model_dirs, tmp_path):
-    from lorasweep.trial import prepare
+    from lorasweep.prepare import prepare
 
     (tmp_path / "long.jsonl").write_text(
         json.dumps({"prompt": "Orla Venn is", "answer": "very " * 200}) + "\n"

@@ -8,15 +8,36 @@ import sys
 import time
 
 import optuna
+import typer.main
 import yaml
 from conftest import TINY_SPACE, cli
 
-from lorasweep.workers import cpu_sets
+from lorasweep.cli import app
+from lorasweep.workers import PER_WORKER, cpu_sets, worker_command
 
 
 def test_cores_are_shared_out():
     assert cpu_sets(2, [0, 1, 2, 3]) == [[0, 1], [2, 3]]
     assert cpu_sets(4, [0, 1]) == [[0], [1], [0], [1]]  # more workers than cores: shared in turn
+
+
+def test_every_optimize_option_reaches_the_workers():
+    """A worker runs the parent's optimize command: every option the user gave, but those the
+    parent sets per worker. Built from the command's own options, so a new one is never dropped."""
+    command = typer.main.get_command(app).commands["optimize"]
+    given = []
+    for param in command.params:
+        given += [param.opts[0]] if param.is_flag else [param.opts[0], "7"]
+    parent = command.make_context("optimize", given)
+    argv = worker_command(parent)
+    assert argv[:4] == [sys.executable, "-m", "lorasweep", "optimize"]
+    worker = command.make_context("optimize", argv[4:])
+    for param in command.params:
+        if param.name in PER_WORKER:
+            assert worker.params[param.name] == param.default, param.name
+        else:
+            assert parent.params[param.name] != param.default, param.name  # the test sets every option
+            assert worker.params[param.name] == parent.params[param.name], param.name
 
 
 def test_four_workers_share_one_sqlite_study(tmp_path, cache_dir, prepared):

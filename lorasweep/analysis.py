@@ -1,0 +1,125 @@
+"""The numbers a report is made of, read from a study: one row per comparable trial, fronts,
+best learning rates, correlations. No rendering here (report.py), no training anywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import optuna
+
+from lorasweep.records import Gap, forget_of, has_record, objective_attr, study_gaps, trial_gaps
+from lorasweep.study import best_trials
+
+COST_ATTRS = ("trainable_params", "peak_mem_bytes", "tokens_per_s")
+
+
+@dataclass
+class Row:
+    """One completed trial, as the report reads it."""
+
+    number: int
+    method: str
+    learning_rate: float
+    rank: int | None
+    targets: str | None
+    replay: float
+    learn: float
+    forget: float
+    # cost; None where the trial did not record it (an older lorasweep)
+    trainable_params: int | None
+    peak_mem_bytes: int | None
+    tokens_per_s: float | None
+
+
+def rows_of(study: optuna.Study) -> list[Row]:
+    """The completed trials the comparison can read: those with a config and a forget value."""
+    rows = []
+    for t in _compared(study):
+        a, c = t.user_attrs, t.user_attrs["config"]
+        adapter = c["method"] != "full"
+        rows.append(
+            Row(
+                t.number,
+                c["method"],
+                c["learning_rate"],
+                c.get("rank") if adapter else None,
+                c.get("target_modules") if adapter else None,
+                c.get("replay_ratio", 0.0),
+                t.values[0],
+                forget_of(t),
+                *(a.get(attr) for attr in COST_ATTRS),
+            )
+        )
+    return rows
+
+
+def _configured(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return [t for t in complete if has_record(t, "config")]
+
+
+def _compared(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in _configured(study) if forget_of(t) is not None]
+
+
+def gaps(study: optuna.Study, tolerance: float | None = None) -> list[Gap]:
+    """What the report reads that the study lacks, each with what the report does without it."""
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    wanted = objective_attr(study) | {"base_metrics": "the base model's own metrics are left out"}
+    if tolerance is None:
+        wanted["forget_tolerance"] = "best LRs are taken over all trials (--forget-tolerance sets one)"
+    found = study_gaps(study, wanted)
+    found += trial_gaps(complete, {"config": "left out of the comparison (it names method, rank, LR)"})
+    if len(study.directions) == 1:
+        found += trial_gaps(_configured(study), {"forget": "left out of the comparison"})
+    cost = {attr: "left out of the cost medians" for attr in COST_ATTRS}
+    return found + trial_gaps(_compared(study), cost)
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    """Rank correlation (no ties correction needed for what the report asks of it)."""
+    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
+    if np.std(rx) == 0 or np.std(ry) == 0:
+        return math.nan
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def best_lr(rows: list[Row], tolerance: float | None) -> tuple[float, float] | None:
+    """(learning rate, learn) of the trial that learned most within the forgetting tolerance."""
+    feasible = [r for r in rows if tolerance is None or r.forget <= tolerance]
+    if not feasible:
+        return None
+    top = max(feasible, key=lambda r: r.learn)
+    return top.learning_rate, top.learn
+
+
+def front(rows: list[Row]) -> list[Row]:
+    """The (learn up, forget down) Pareto front of `rows`, by learn."""
+    ordered = sorted(rows, key=lambda r: (r.forget, -r.learn))
+    kept, best = [], -math.inf
+    for r in ordered:
+        if r.learn > best:
+            kept.append(r)
+            best = r.learn
+    return sorted(kept, key=lambda r: r.learn)
+
+
+def study_front(study: optuna.Study, rows: list[Row]) -> list[Row]:
+    """The rows of the study's own best trials (its Pareto front, or its best feasible trial)."""
+    numbers = {t.number for t in best_trials(study)}
+    return [r for r in rows if r.number in numbers]
+
+
+def critical_mixture_ratio(rows: list[Row], tolerance: float | None) -> float | None:
+    """Largest domain share (1 - replay) among trials whose forget stays within the tolerance."""
+    if tolerance is None:
+        return None
+    ok = [1 - r.replay for r in rows if r.forget <= tolerance]
+    return max(ok) if ok else None
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")

@@ -1,0 +1,27 @@
+"""The two places lorasweep reaches past Optuna's public API, kept here so an Optuna upgrade that
+moves them breaks one small module, with the reason each is needed beside it.
+"""
+
+from __future__ import annotations
+
+import optuna
+from optuna.storages._heartbeat import is_heartbeat_enabled
+
+
+def write_intermediate_value(trial: optuna.Trial, step: int, value: float) -> None:
+    """Record an intermediate value on a trial of any study, multi-objective ones included.
+
+    Optuna 5's `Trial.report` raises for multi-objective studies (they cannot prune), but the
+    storage keeps intermediate values for any trial and optuna-dashboard plots them as the trial's
+    learning curve, so lorasweep writes there directly.
+    """
+    trial.study._storage.set_trial_intermediate_value(trial._trial_id, step, value)
+
+
+def heartbeats_enabled(study: optuna.Study) -> bool:
+    """Whether the study's storage records heartbeats (an RDB storage given a heartbeat interval).
+
+    `study.optimize` asks the same private function before it starts the heartbeat thread; a
+    worker asks it to know whether a dead worker's trial will be failed and queued again.
+    """
+    return is_heartbeat_enabled(study._storage)
