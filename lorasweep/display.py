@@ -43,6 +43,9 @@ def quiet_libraries(training: bool = True) -> None:
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     logging.getLogger("peft").setLevel(logging.ERROR)
+    # bitsandbytes warns at import, on CPUs with AVX512-BF16, that a kernel it would fetch from the
+    # hub is missing; lorasweep runs 4-bit layers on the portable path (modeling._plain_cpu_4bit)
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="peft")
 
 

@@ -128,12 +128,14 @@ def run_here(
     def interrupt(signum: int, _frame) -> None:
         raise Interrupted(signal.Signals(signum).name)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, interrupt)
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         run_trials(study, objective, n_trials, timeout, **optimize_kwargs)
     except KeyboardInterrupt as err:
         return 143 if str(err) == "SIGTERM" else 130
+    finally:  # a caller's own handlers (the CLI run in-process, a notebook) come back
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
 
 

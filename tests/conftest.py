@@ -1,7 +1,10 @@
-"""Shared fixtures: a tiny world whose base model is built once per test session.
+"""Shared fixtures: a tiny world whose base model is built once per test session, tiny models of
+every supported architecture, and the CLI run in this process or in a subprocess.
 
 The tiny world trains in about a second per trial; every test and every CLI subprocess shares its
-cached base model through LORASWEEP_CACHE_DIR.
+cached base model through LORASWEEP_CACHE_DIR. A CLI subprocess costs seconds of imports, so the
+CLI runs in-process (`invoke`, Typer's CliRunner) unless the process boundary is what a test
+checks (signals, worker processes, what reaches the terminal): then `cli`.
 """
 
 from __future__ import annotations
@@ -101,28 +104,51 @@ def prepared(tiny_world, cache_dir):
     return prepare(TrialConfig(world=tiny_world), cache_dir)
 
 
+ARCHITECTURES = ("llama", "mistral", "qwen2", "gpt_neox", "gpt2")
+
+
+def tiny_model(architecture: str, hidden: int = 32, positions: int = 128, **ids):
+    """A random one-layer model of a supported architecture (MLP 2x `hidden`, 2 heads), seeded;
+    `ids` are the config's vocab_size and special token ids."""
+    import torch
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        GPTNeoXConfig,
+        GPTNeoXForCausalLM,
+        LlamaConfig,
+        LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
+
+    torch.manual_seed(0)
+    if architecture == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(**ids, n_embd=hidden, n_layer=1, n_head=2, n_positions=positions))
+    shape = {"hidden_size": hidden, "num_hidden_layers": 1, "num_attention_heads": 2}
+    shape |= {"intermediate_size": 2 * hidden, "max_position_embeddings": positions}
+    if architecture == "gpt_neox":
+        return GPTNeoXForCausalLM(GPTNeoXConfig(**ids, **shape))
+    classes = {
+        "llama": (LlamaConfig, LlamaForCausalLM),
+        "mistral": (MistralConfig, MistralForCausalLM),
+        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+    }
+    config_class, model_class = classes[architecture]
+    return model_class(config_class(**ids, **shape, num_key_value_heads=2))
+
+
 @pytest.fixture(scope="session")
 def llama_dir(tmp_path_factory) -> Path:
     """A tiny random Llama with the world's tokenizer, saved the way Hugging Face ships models."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from lorasweep.world import make_tokenizer
 
     path = tmp_path_factory.mktemp("llama")
     tokenizer = make_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(path)
+    ids = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+    tiny_model("llama", positions=64, vocab_size=len(tokenizer), **ids).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 
@@ -132,6 +158,22 @@ def tiny_space(tmp_path) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(TINY_SPACE, sort_keys=False))
     return path
+
+
+def invoke(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`lorasweep ARGS` run in this process from `cwd`, as `cli` would report it. An exception the
+    CLI does not turn into a message propagates, so a would-be traceback fails the test."""
+    from typer.testing import CliRunner
+
+    from lorasweep.cli import app
+
+    before = Path.cwd()
+    os.chdir(cwd)
+    try:
+        result = CliRunner().invoke(app, list(args), catch_exceptions=False)
+    finally:
+        os.chdir(before)
+    return subprocess.CompletedProcess(["lorasweep", *args], result.exit_code, result.stdout, result.stderr)
 
 
 def cli(*args: str, cwd: Path, env_cache: Path) -> subprocess.CompletedProcess:
@@ -148,12 +190,10 @@ def cli(*args: str, cwd: Path, env_cache: Path) -> subprocess.CompletedProcess:
     )
 
 
-def optimize(tmp_path: Path, cache_dir: Path, space: Path | str, *args: str) -> str:
-    """The real `lorasweep optimize` on `space`, into tmp_path/s.db; returns the storage URL."""
+def optimize(tmp_path: Path, space: Path | str, *args: str) -> str:
+    """`lorasweep optimize` on `space` (in this process), into tmp_path/s.db; returns the storage URL."""
     url = f"sqlite:///{tmp_path}/s.db"
-    result = cli(
-        "optimize", "--space", str(space), "--storage", url, *args, cwd=tmp_path, env_cache=cache_dir
-    )
+    result = invoke("optimize", "--space", str(space), "--storage", url, *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     return url
 

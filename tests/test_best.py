@@ -6,7 +6,7 @@ import json
 import optuna
 import pytest
 import yaml
-from conftest import TINY_SPACE, cli, optimize
+from conftest import TINY_SPACE, invoke, optimize
 
 from lorasweep.search_space import load_space
 from lorasweep.study import best_trials, load_study
@@ -36,7 +36,7 @@ def test_constrained_study_prunes_and_records_why(tmp_path, cache_dir, prepared,
     spec["params"]["lora_learning_rate"]["low"] = 1.0e-5  # some trials learn next to nothing
     spec["params"]["full_learning_rate"]["low"] = 1.0e-6
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    optimize(tmp_path, cache_dir, space, "--n-trials", "8")
+    optimize(tmp_path, space, "--n-trials", "8")
     study = optuna.load_study(study_name="default", storage=f"sqlite:///{tmp_path}/s.db")
     assert study.metric_names == ["learn"] and len(study.directions) == 1
     assert study.user_attrs["objective"] == "constrained" and study.user_attrs["pruner"]["name"] == pruner
@@ -55,10 +55,8 @@ def test_constrained_study_prunes_and_records_why(tmp_path, cache_dir, prepared,
 
 
 def test_best_json_lists_the_pareto_front(tmp_path, cache_dir, prepared):
-    optimize(tmp_path, cache_dir, write_space(tmp_path), "--n-trials", "3")
-    result = cli(
-        "best", "--storage", f"sqlite:///{tmp_path}/s.db", "--json", cwd=tmp_path, env_cache=cache_dir
-    )
+    optimize(tmp_path, write_space(tmp_path), "--n-trials", "3")
+    result = invoke("best", "--storage", f"sqlite:///{tmp_path}/s.db", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     study = optuna.load_study(study_name="default", storage=f"sqlite:///{tmp_path}/s.db")
@@ -69,7 +67,7 @@ def test_best_json_lists_the_pareto_front(tmp_path, cache_dir, prepared):
         trial = study.trials[entry["trial"]]
         assert entry["values"] == {"learn": trial.values[0], "forget": trial.values[1]}
         assert entry["params"] == trial.params and entry["config"]["method"] == trial.params["method"]
-    table = cli("best", "--storage", f"sqlite:///{tmp_path}/s.db", cwd=tmp_path, env_cache=cache_dir)
+    table = invoke("best", "--storage", f"sqlite:///{tmp_path}/s.db", cwd=tmp_path)
     assert table.returncode == 0 and "Pareto front of 'default'" in table.stdout
 
 
@@ -87,7 +85,7 @@ def test_reading_commands_choose_the_study(tmp_path, cache_dir, prepared):
         load_study(url, None)
     with pytest.raises(ConfigError, match="--study 'three': not in .* \\(studies there: one, two\\)"):
         load_study(url, "three")
-    result = cli("best", "--storage", url, cwd=tmp_path, env_cache=cache_dir)
+    result = invoke("best", "--storage", url, cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "holds 2 studies" in result.stderr
 
 
@@ -95,7 +93,7 @@ def test_a_plain_optuna_study_is_read_without_our_attrs(tmp_path, cache_dir):
     url = f"sqlite:///{tmp_path}/plain.db"
     study = optuna.create_study(study_name="plain", storage=url, directions=["maximize", "minimize"])
     study.optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_float("y", 0, 1)), n_trials=4)
-    result = cli("best", "--storage", url, "--json", cwd=tmp_path, env_cache=cache_dir)
+    result = invoke("best", "--storage", url, "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert out["objective"] == "pareto" and all(t["config"] is None for t in out["trials"])

@@ -1,13 +1,15 @@
-"""The real CLI in a subprocess, on a real SQLite file, read back with optuna.load_study."""
+"""The CLI on a real SQLite file, read back with optuna.load_study: the main job once in a real
+subprocess, the rest in-process."""
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
-from conftest import cli
+from conftest import TINY_SPACE, cli, invoke
 
 RECORDED = {
     "method",
@@ -28,9 +30,8 @@ RECORDED = {
 }
 
 
-def optimize_tiny(tmp_path, cache_dir, space, storage, n_trials):
-    """`lorasweep optimize` on study "tiny"; the test fails if the command does."""
-    result = cli(
+def tiny_args(space, storage, n_trials) -> list[str]:
+    return [
         "optimize",
         "--space",
         str(space),
@@ -40,18 +41,25 @@ def optimize_tiny(tmp_path, cache_dir, space, storage, n_trials):
         storage,
         "--study",
         "tiny",
-        cwd=tmp_path,
-        env_cache=cache_dir,
-    )
+    ]
+
+
+@pytest.fixture(scope="module")
+def two_trial_study(tmp_path_factory, cache_dir, prepared):
+    """The main job, `lorasweep optimize`, in a real subprocess: a study of its two baselines."""
+    path = tmp_path_factory.mktemp("two_trials")
+    (path / "tiny.yaml").write_text(yaml.safe_dump(TINY_SPACE, sort_keys=False))
+    storage = f"sqlite:///{path}/study.db"
+    result = cli(*tiny_args(path / "tiny.yaml", storage, 2), cwd=path, env_cache=cache_dir)
     assert result.returncode == 0, result.stderr
-    return result
-
-
-@pytest.fixture
-def two_trial_study(tmp_path, tiny_space, cache_dir, prepared):
-    storage = f"sqlite:///{tmp_path}/study.db"
-    result = optimize_tiny(tmp_path, cache_dir, tiny_space, storage, 2)
     return storage, result
+
+
+def copy_of(two_trial_study, tmp_path) -> str:
+    """A copy of the shared study for a test that adds to it."""
+    storage, _ = two_trial_study
+    shutil.copy(storage.removeprefix("sqlite:///"), tmp_path / "study.db")
+    return f"sqlite:///{tmp_path}/study.db"
 
 
 def test_optimize_records_a_complete_study(two_trial_study):
@@ -90,28 +98,29 @@ def test_optimize_records_a_complete_study(two_trial_study):
     assert "Pareto front" in result.stdout and f"optuna-dashboard {storage}" in result.stdout
 
 
-def test_optimize_resumes_an_existing_study(two_trial_study, tmp_path, tiny_space, cache_dir):
-    storage, _ = two_trial_study
-    result = optimize_tiny(tmp_path, cache_dir, tiny_space, storage, 1)
+def test_optimize_resumes_an_existing_study(two_trial_study, tmp_path, tiny_space):
+    storage = copy_of(two_trial_study, tmp_path)
+    result = invoke(*tiny_args(tiny_space, storage, 1), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
     assert "2 trials so far" in result.stdout
     study = optuna.load_study(study_name="tiny", storage=storage)
     assert len(study.trials) == 3
     assert [r["first_trial"] for r in study.user_attrs["sampler_runs"]] == [0, 2]
 
 
-def test_recorded_config_runs_again_with_the_same_result(two_trial_study, tmp_path, cache_dir):
+def test_recorded_config_runs_again_with_the_same_result(two_trial_study, tmp_path):
     storage, _ = two_trial_study
     trial = optuna.load_study(study_name="tiny", storage=storage).trials[1]
     path = tmp_path / "trial.yaml"
     path.write_text(yaml.safe_dump(trial.user_attrs["config"]))
-    result = cli("run", "--config", str(path), "--json", cwd=tmp_path, env_cache=cache_dir)
+    result = invoke("run", "--config", str(path), "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     rerun = json.loads(result.stdout)
     # on CPU, with fixed seeds and threads, a trial is exactly reproducible
     assert (rerun["learn"], rerun["forget"]) == tuple(trial.values)
 
 
-def test_run_prints_learn_and_forget(tmp_path, cache_dir, tiny_world, prepared):
+def test_run_prints_learn_and_forget(tmp_path, tiny_world, prepared):
     path = tmp_path / "trial.yaml"
     path.write_text(
         yaml.safe_dump(
@@ -125,7 +134,7 @@ def test_run_prints_learn_and_forget(tmp_path, cache_dir, tiny_world, prepared):
             }
         )
     )
-    result = cli("run", "--config", str(path), cwd=tmp_path, env_cache=cache_dir)
+    result = invoke("run", "--config", str(path), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "learn" in result.stdout and "forget" in result.stdout and "trainable_pct" in result.stdout
 
@@ -164,15 +173,11 @@ def space_with(tiny_space, path, value):
         ),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2_without_a_study(
-    tmp_path, tiny_space, cache_dir, edit, args, message
-):
+def test_bad_input_is_one_line_and_exit_2_without_a_study(tmp_path, tiny_space, edit, args, message):
     if edit is not None:
         space_with(tiny_space, *edit)
     storage = f"sqlite:///{tmp_path}/study.db"
-    result = cli(
-        "optimize", "--space", str(tiny_space), "--storage", storage, *args, cwd=tmp_path, env_cache=cache_dir
-    )
+    result = invoke("optimize", "--space", str(tiny_space), "--storage", storage, *args, cwd=tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
@@ -181,30 +186,22 @@ def test_bad_input_is_one_line_and_exit_2_without_a_study(
     assert not (tmp_path / "study.db").exists()
 
 
-def test_bad_input_leaves_an_existing_study_unchanged(two_trial_study, tmp_path, tiny_space, cache_dir):
-    storage, _ = two_trial_study
+def test_bad_input_leaves_an_existing_study_unchanged(two_trial_study, tmp_path, tiny_space):
+    storage = copy_of(two_trial_study, tmp_path)
     before = optuna.load_study(study_name="tiny", storage=storage)
     space_with(tiny_space, "params.rank.high", 16)  # a different space for the same study
-    result = cli(
-        "optimize",
-        "--space",
-        str(tiny_space),
-        "--storage",
-        storage,
-        "--study",
-        "tiny",
-        cwd=tmp_path,
-        env_cache=cache_dir,
+    result = invoke(
+        "optimize", "--space", str(tiny_space), "--storage", storage, "--study", "tiny", cwd=tmp_path
     )
     assert result.returncode == 2 and "created with a different search space" in result.stderr
     after = optuna.load_study(study_name="tiny", storage=storage)
     assert len(after.trials) == len(before.trials) and after.user_attrs == before.user_attrs
 
 
-def test_run_with_a_bad_config_is_one_line(tmp_path, cache_dir):
+def test_run_with_a_bad_config_is_one_line(tmp_path):
     path = tmp_path / "trial.yaml"
     path.write_text("method: adapter\n")
-    result = cli("run", "--config", str(path), cwd=tmp_path, env_cache=cache_dir)
+    result = invoke("run", "--config", str(path), cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == (
         f"error: {path}: field 'method' is 'adapter'; allowed: full, lora, rslora, dora, qlora"
@@ -215,7 +212,7 @@ SHIPPED = sorted((Path(__file__).resolve().parents[1] / "search_spaces").glob("*
 
 
 @pytest.mark.parametrize("shipped", SHIPPED, ids=lambda p: p.name)
-def test_every_shipped_space_runs_on_the_test_world(shipped, tmp_path, cache_dir, tiny_world, prepared):
+def test_every_shipped_space_runs_on_the_test_world(shipped, tmp_path, tiny_world, prepared):
     space = yaml.safe_load(shipped.read_text())
     assert (
         shipped.read_text().startswith("# Question:") and "# Run:  lorasweep optimize" in shipped.read_text()
@@ -231,17 +228,7 @@ def test_every_shipped_space_runs_on_the_test_world(shipped, tmp_path, cache_dir
     path = tmp_path / shipped.name
     path.write_text(yaml.safe_dump(space, sort_keys=False))
     storage = f"sqlite:///{tmp_path}/study.db"
-    result = cli(
-        "optimize",
-        "--space",
-        str(path),
-        "--n-trials",
-        "2",
-        "--storage",
-        storage,
-        cwd=tmp_path,
-        env_cache=cache_dir,
-    )
+    result = invoke("optimize", "--space", str(path), "--n-trials", "2", "--storage", storage, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     trials = optuna.load_study(study_name="default", storage=storage).trials
     ran = [t for t in trials if t.state != optuna.trial.TrialState.WAITING]  # baselines may wait their turn

@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 import yaml
-from conftest import TINY_SPACE, cli
+from conftest import TINY_SPACE, invoke
 
 
 def free_port() -> int:
@@ -28,7 +28,7 @@ def served(tmp_path_factory, cache_dir):
     artifacts = str(path / "artifacts")
     common = ("--storage", url, "--artifact-dir", artifacts)
     for args in (("optimize", "--space", "space.yaml", "--n-trials", "1"), ("report",)):
-        result = cli(*args, *common, cwd=path, env_cache=cache_dir)
+        result = invoke(*args, *common, cwd=path)
         assert result.returncode == 0, result.stderr
     port = free_port()
     server = subprocess.Popen(

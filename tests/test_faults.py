@@ -1,6 +1,7 @@
 """Faults a sweep must survive: Ctrl-C or SIGTERM mid-trial, a killed worker, a trial out of memory."""
 
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -19,12 +20,24 @@ from lorasweep.study import open_study
 HEARTBEAT = ("--heartbeat-interval", "1", "--grace-period", "3")
 
 
-def running_trial(url: str) -> bool:
+def running_trial(url: str, training: bool = False) -> bool:
+    """Whether a trial is running; with `training`, one whose objective has its config and trains."""
     try:
         study = optuna.load_study(study_name="default", storage=url)
     except KeyError:
         return False
-    return any(t.state == optuna.trial.TrialState.RUNNING for t in study.trials)
+    running = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    return any("config" in t.user_attrs for t in running) if training else bool(running)
+
+
+def heartbeat_age_s(url: str) -> float:
+    """Seconds since the study's latest trial heartbeat, as Optuna reads it: the database's clock, in
+    whole seconds (SQLite's CURRENT_TIMESTAMP)."""
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+        (age,) = db.execute(
+            "SELECT (julianday(CURRENT_TIMESTAMP) - julianday(MAX(heartbeat))) * 86400 FROM trial_heartbeats"
+        ).fetchone()
+    return age
 
 
 def worker_in_a_trial(tmp_path: Path, space: dict, *args: str) -> tuple[subprocess.Popen, str]:
@@ -47,10 +60,9 @@ def worker_in_a_trial(tmp_path: Path, space: dict, *args: str) -> tuple[subproce
         command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     deadline = time.monotonic() + 120
-    while not running_trial(url):
+    while not running_trial(url, training=True):  # past sampling, inside the objective's training
         assert worker.poll() is None and time.monotonic() < deadline, worker.communicate()
-        time.sleep(0.2)
-    time.sleep(1.0)  # past sampling, inside the training loop
+        time.sleep(0.1)
     return worker, url
 
 
@@ -67,7 +79,7 @@ def test_a_signal_fails_the_running_trial_and_the_study_resumes(sig, tmp_path, c
     )
     assert failed.user_attrs["fail_reason"] == f"interrupted by {sig.name}"
     assert not running_trial(url)
-    optimize(tmp_path, cache_dir, "space.yaml", "--n-trials", "1")  # resumes
+    optimize(tmp_path, "space.yaml", "--n-trials", "1")  # resumes
     states = [t.state.name for t in optuna.load_study(study_name="default", storage=url).trials]
     assert states.count("FAIL") == 1 and states.count("COMPLETE") == 1 and "RUNNING" not in states
 
@@ -78,8 +90,9 @@ def test_a_killed_workers_trial_is_failed_by_heartbeat_and_run_again(tmp_path, c
     worker.kill()  # SIGKILL: no handler runs, the trial stays RUNNING in the storage
     worker.communicate()
     assert running_trial(url)
-    time.sleep(4)  # past the grace period
-    optimize(tmp_path, cache_dir, "space.yaml", *HEARTBEAT, "--n-trials", "1")
+    while heartbeat_age_s(url) <= 3.5:  # past the grace period (3 s): its worker counts as dead
+        time.sleep(0.1)
+    optimize(tmp_path, "space.yaml", *HEARTBEAT, "--n-trials", "1")
     dead, retry = optuna.load_study(study_name="default", storage=url).trials
     assert dead.state == optuna.trial.TrialState.FAIL and retry.state == optuna.trial.TrialState.COMPLETE
     assert retry.params == dead.params

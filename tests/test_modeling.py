@@ -2,52 +2,22 @@
 
 import pytest
 import torch
+from conftest import ARCHITECTURES, tiny_model
 from peft import LoraConfig, get_peft_model
-from transformers import (
-    GPT2Config,
-    GPT2LMHeadModel,
-    GPTNeoXConfig,
-    GPTNeoXForCausalLM,
-    LlamaConfig,
-    LlamaForCausalLM,
-    MistralConfig,
-    MistralForCausalLM,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-)
 
 from lorasweep.config import TARGET_PRESETS
 from lorasweep.modeling import target_modules
 from lorasweep.validation import ConfigError
 
-SMALL = {
-    "vocab_size": 32,
-    "hidden_size": 16,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "intermediate_size": 32,
-}
-
 
 def tiny(architecture: str) -> torch.nn.Module:
-    torch.manual_seed(0)
-    if architecture == "gpt2":
-        return GPT2LMHeadModel(GPT2Config(vocab_size=32, n_embd=16, n_layer=1, n_head=2, n_positions=32))
-    if architecture == "gpt_neox":
-        return GPTNeoXForCausalLM(GPTNeoXConfig(**SMALL, max_position_embeddings=32))
-    classes = {
-        "llama": (LlamaConfig, LlamaForCausalLM),
-        "mistral": (MistralConfig, MistralForCausalLM),
-        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
-    }
-    config_class, model_class = classes[architecture]
-    return model_class(config_class(**SMALL, num_key_value_heads=2, max_position_embeddings=32))
+    return tiny_model(architecture, hidden=16, positions=32, vocab_size=32)
 
 
 UNAVAILABLE = {("gpt_neox", "qv"), ("gpt2", "qv")}  # fused QKV projections
 
 
-@pytest.mark.parametrize("architecture", ["llama", "mistral", "qwen2", "gpt_neox", "gpt2"])
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
 @pytest.mark.parametrize("preset", TARGET_PRESETS)
 def test_presets_resolve_to_modules_the_model_has(architecture, preset):
     model = tiny(architecture)

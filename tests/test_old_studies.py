@@ -25,7 +25,7 @@ import types
 
 import optuna
 import pytest
-from conftest import cli
+from conftest import invoke
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
@@ -108,7 +108,7 @@ def load(url: str, name: str) -> optuna.Study:
 def run(db, cache_dir, *args: str):
     """The real command on the module's database; never a traceback, whatever the exit code."""
     path, url = db
-    result = cli(*args, "--storage", url, cwd=path, env_cache=cache_dir)
+    result = invoke(*args, "--storage", url, cwd=path)
     assert "Traceback" not in result.stdout + result.stderr, result.stderr
     return result
 

@@ -55,7 +55,7 @@ def test_dominance_pruner_in_a_pareto_study(tmp_path, cache_dir, prepared, tiny_
     space["params"]["full_learning_rate"]["low"] = 1.0e-6
     space["sampler"] = {"name": "random"}
     tiny_space.write_text(yaml.safe_dump(space, sort_keys=False))
-    url = optimize(tmp_path, cache_dir, tiny_space, "--n-trials", "8")
+    url = optimize(tmp_path, tiny_space, "--n-trials", "8")
     study = optuna.load_study(study_name="default", storage=url)
     pruned = study.get_trials(states=[optuna.trial.TrialState.PRUNED])
     complete = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])

@@ -3,7 +3,7 @@
 import optuna
 import pytest
 import yaml
-from conftest import cli, optimize
+from conftest import invoke, optimize
 
 from lorasweep.analysis import Row, critical_mixture_ratio, front, spearman
 from lorasweep.findings import findings
@@ -65,13 +65,13 @@ def test_critical_mixture_ratio_is_the_largest_domain_share_within_tolerance():
 
 
 def test_report_of_a_real_study_with_failed_and_pruned_trials(tmp_path, cache_dir, prepared, tiny_space):
-    url = optimize(tmp_path, cache_dir, tiny_space, "--n-trials", "3")
+    url = optimize(tmp_path, tiny_space, "--n-trials", "3")
     study = optuna.load_study(study_name="default", storage=url)
     # a failed and a pruned trial, as a crash or a pruner would leave them
     study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
     study.tell(study.ask(), state=optuna.trial.TrialState.PRUNED)
     report = ("report", "--storage", url, "--artifact-dir", str(tmp_path / "artifacts"))
-    result = cli(*report, cwd=tmp_path, env_cache=cache_dir)
+    result = invoke(*report, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     out = tmp_path / "results" / "default"
     text = (out / "report.md").read_text()
@@ -103,7 +103,7 @@ def test_report_of_a_real_study_with_failed_and_pruned_trials(tmp_path, cache_di
     }
     # a report written again replaces its artifacts' content rather than adding copies
     study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
-    again = cli(*report, cwd=tmp_path, env_cache=cache_dir)
+    again = invoke(*report, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     artifacts = optuna.artifacts.get_all_artifact_meta(optuna.load_study(study_name="default", storage=url))
     assert len(artifacts) == 5
@@ -116,7 +116,7 @@ def test_report_of_a_plain_optuna_study_says_what_is_missing(tmp_path, cache_dir
     url = f"sqlite:///{tmp_path}/plain.db"
     study = optuna.create_study(study_name="plain", storage=url, directions=["maximize", "minimize"])
     study.optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_float("y", 0, 1)), n_trials=3)
-    result = cli(
+    result = invoke(
         "report",
         "--storage",
         url,
@@ -125,7 +125,6 @@ def test_report_of_a_plain_optuna_study_says_what_is_missing(tmp_path, cache_dir
         "--artifact-dir",
         str(tmp_path / "a"),
         cwd=tmp_path,
-        env_cache=cache_dir,
     )
     assert result.returncode == 0, result.stderr
     assert "No completed trial with lorasweep's records" in (tmp_path / "r" / "report.md").read_text()
@@ -139,8 +138,8 @@ def test_report_of_a_replay_study_estimates_the_critical_mixture_ratio(
     space["baselines"] = []
     space["sampler"] = {"name": "random"}
     tiny_space.write_text(yaml.safe_dump(space, sort_keys=False))
-    url = optimize(tmp_path, cache_dir, tiny_space, "--n-trials", "4")
-    result = cli(
+    url = optimize(tmp_path, tiny_space, "--n-trials", "4")
+    result = invoke(
         "report",
         "--storage",
         url,
@@ -149,7 +148,6 @@ def test_report_of_a_replay_study_estimates_the_critical_mixture_ratio(
         "--artifact-dir",
         str(tmp_path / "a"),
         cwd=tmp_path,
-        env_cache=cache_dir,
     )
     assert result.returncode == 0, result.stderr
     text = (tmp_path / "results" / "default" / "report.md").read_text()

@@ -6,7 +6,7 @@ import optuna
 import pytest
 import torch
 import yaml
-from conftest import TINY_SPACE, cli, optimize
+from conftest import TINY_SPACE, cli, invoke, optimize
 
 
 @pytest.fixture(scope="module")
@@ -14,14 +14,13 @@ def study(tmp_path_factory, cache_dir):
     """A tiny study of two trials: the space's baselines, full FT (trial 0) and LoRA (trial 1)."""
     path = tmp_path_factory.mktemp("study")
     (path / "space.yaml").write_text(yaml.safe_dump(TINY_SPACE, sort_keys=False))
-    url = optimize(
-        path, cache_dir, "space.yaml", "--n-trials", "2", "--artifact-dir", str(path / "artifacts")
-    )
+    url = optimize(path, "space.yaml", "--n-trials", "2", "--artifact-dir", str(path / "artifacts"))
     return path, url
 
 
 def test_a_recorded_trial_reproduces_exactly_on_cpu(study, cache_dir):
     path, url = study
+    # in a new process: nothing the recording process held in memory helps the re-run
     result = cli("reproduce", "--trial", "1", "--storage", url, cwd=path, env_cache=cache_dir)
     assert result.returncode == 0, result.stderr
     assert "trial 1 reproduced exactly" in result.stdout and "NO" not in result.stdout
@@ -37,9 +36,10 @@ def test_reproduce_refuses_changed_data_unless_allowed(tmp_path, cache_dir, requ
     }
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
     data = ("--model", str(llama_dir), "--domain", "domain.jsonl", "--probes", "probes.jsonl")
-    url = optimize(tmp_path, cache_dir, "space.yaml", "--n-trials", "1", *data)
+    url = optimize(tmp_path, "space.yaml", "--n-trials", "1", *data)
     with (tmp_path / "domain.jsonl").open("a") as f:
         f.write(json.dumps({"text": "Orla Venn later moved to Saltmere."}) + "\n")
+    # new processes: this one holds the data as it was when the trial ran
     refused = cli("reproduce", "--trial", "0", "--storage", url, cwd=tmp_path, env_cache=cache_dir)
     assert refused.returncode == 1
     assert "the data changed since trial 0 (data_fingerprint" in refused.stderr
@@ -59,7 +59,7 @@ def test_every_completed_trial_carries_its_config_as_an_artifact(study):
         )
 
 
-def test_an_exported_adapter_loads_with_plain_peft_and_scores_the_recorded_learn(study, cache_dir, tmp_path):
+def test_an_exported_adapter_loads_with_plain_peft_and_scores_the_recorded_learn(study, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -68,7 +68,7 @@ def test_an_exported_adapter_loads_with_plain_peft_and_scores_the_recorded_learn
 
     path, url = study
     out = tmp_path / "export"
-    result = cli("export", "--trial", "1", "--out", str(out), "--storage", url, cwd=path, env_cache=cache_dir)
+    result = invoke("export", "--trial", "1", "--out", str(out), "--storage", url, cwd=path)
     assert result.returncode == 0, result.stderr
     assert {"adapter_model.safetensors", "adapter_config.json", "trial.yaml", "README.md"} <= {
         f.name for f in out.iterdir()
@@ -83,40 +83,29 @@ def test_an_exported_adapter_loads_with_plain_peft_and_scores_the_recorded_learn
     assert yaml.safe_load((out / "trial.yaml").read_text()) == recorded["config"]
 
 
-def test_export_merges_an_adapter_into_a_full_model(study, cache_dir, tmp_path):
+def test_export_merges_an_adapter_into_a_full_model(study, tmp_path):
     from transformers import AutoModelForCausalLM
 
     path, url = study
     out = tmp_path / "merged"
-    result = cli(
-        "export",
-        "--trial",
-        "1",
-        "--merge",
-        "--out",
-        str(out),
-        "--storage",
-        url,
-        cwd=path,
-        env_cache=cache_dir,
-    )
+    result = invoke("export", "--trial", "1", "--merge", "--out", str(out), "--storage", url, cwd=path)
     assert result.returncode == 0, result.stderr
     assert (out / "model.safetensors").exists() and not (out / "adapter_config.json").exists()
     model = AutoModelForCausalLM.from_pretrained(out)
     assert not any("lora" in name for name, _ in model.named_parameters())
 
 
-def test_reading_commands_say_what_is_missing(study, cache_dir, tmp_path):
+def test_reading_commands_say_what_is_missing(study, tmp_path):
     path, url = study
-    both = cli("reproduce", "--storage", url, cwd=path, env_cache=cache_dir)
+    both = invoke("reproduce", "--storage", url, cwd=path)
     assert both.returncode == 2 and "give either --trial N or --best" in both.stderr
-    missing = cli("export", "--trial", "9", "--out", "x", "--storage", url, cwd=path, env_cache=cache_dir)
+    missing = invoke("export", "--trial", "9", "--out", "x", "--storage", url, cwd=path)
     assert missing.returncode == 2 and "has trials 0..1" in missing.stderr
     plain = f"sqlite:///{tmp_path}/plain.db"
     optuna.create_study(storage=plain, study_name="plain").optimize(
         lambda t: t.suggest_float("x", 0, 1), n_trials=1
     )
-    result = cli("reproduce", "--best", "--storage", plain, cwd=tmp_path, env_cache=cache_dir)
+    result = invoke("reproduce", "--best", "--storage", plain, cwd=tmp_path)
     assert result.returncode == 2 and "trial 0 of study 'plain' has no recorded config" in result.stderr
 
 

@@ -3,6 +3,7 @@ import dataclasses
 import pytest
 
 from lorasweep.config import TrialConfig
+from lorasweep.records import TrialResult
 from lorasweep.trial import checkpoint_steps, run_trial
 from lorasweep.validation import ConfigError
 
@@ -20,6 +21,8 @@ def test_full_fine_tuning_injects_knowledge_and_forgets(config, prepared):
     assert result.trainable_pct == 100.0 and result.target_modules_resolved == []
     assert result.train_tokens == config.steps * 8 * 32
     assert list(result.learn_curve) == ["16", "32"] and result.learn_curve["32"] == result.learn
+    # the user attrs a trial records are the result's fields, and read back into the same result
+    assert TrialResult.from_attrs(result.attrs()) == result and "lawa_learn" not in result.attrs()
 
 
 def test_lora_trains_only_the_adapter_on_the_preset(config):

@@ -3,23 +3,10 @@
 import json
 
 import pytest
-import torch
 import yaml
-from conftest import cli
+from conftest import ARCHITECTURES, invoke, tiny_model
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (
-    GPT2Config,
-    GPT2LMHeadModel,
-    GPTNeoXConfig,
-    GPTNeoXForCausalLM,
-    LlamaConfig,
-    LlamaForCausalLM,
-    MistralConfig,
-    MistralForCausalLM,
-    PreTrainedTokenizerFast,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-)
+from transformers import PreTrainedTokenizerFast
 
 from lorasweep.config import TrialConfig
 from lorasweep.corpus import load_corpus
@@ -28,15 +15,6 @@ from lorasweep.validation import ConfigError
 from lorasweep.world import Probe
 
 EXAMPLES = {name: f"examples/{name}" for name in ("domain.jsonl", "general.txt", "probes.jsonl")}
-SHAPE = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
-LLAMA_LIKE = {**SHAPE, "num_key_value_heads": 2, "max_position_embeddings": 128}
-ARCHITECTURES = {
-    "llama": lambda ids: LlamaForCausalLM(LlamaConfig(**ids, **LLAMA_LIKE)),
-    "qwen2": lambda ids: Qwen2ForCausalLM(Qwen2Config(**ids, **LLAMA_LIKE)),
-    "mistral": lambda ids: MistralForCausalLM(MistralConfig(**ids, **LLAMA_LIKE)),
-    "gpt_neox": lambda ids: GPTNeoXForCausalLM(GPTNeoXConfig(**ids, **SHAPE, max_position_embeddings=128)),
-    "gpt2": lambda ids: GPT2LMHeadModel(GPT2Config(**ids, n_embd=32, n_layer=1, n_head=2, n_positions=128)),
-}
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +40,13 @@ def tokenizer(repo) -> PreTrainedTokenizerFast:
 def model_dirs(repo, tmp_path_factory):
     tok = tokenizer(repo)
     dirs = {}
-    for name, build in ARCHITECTURES.items():
-        torch.manual_seed(0)
+    for name in ARCHITECTURES:
         path = tmp_path_factory.mktemp(name)
         # the token ids in the model's config match its tokenizer's, as in a released checkpoint;
         # embeddings padded beyond the tokenizer, as released models often are (transformers
         # loads Qwen2's own tokenizer class here, which adds a token)
         ids = {"vocab_size": len(tok) + 8, "bos_token_id": None, "eos_token_id": tok.eos_token_id}
-        build(ids).save_pretrained(path)
+        tiny_model(name, **ids).save_pretrained(path)
         tok.save_pretrained(path)
         dirs[name] = path
     return dirs
@@ -90,7 +67,7 @@ def user_config(repo, model_dir, **fields) -> TrialConfig:
     )
 
 
-@pytest.mark.parametrize("architecture", list(ARCHITECTURES))
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_lora_and_full_trials_of_every_architecture_through_the_cli(architecture, model_dirs, repo, tmp_path):
     space = {
         "config": {
@@ -108,8 +85,14 @@ def test_lora_and_full_trials_of_every_architecture_through_the_cli(architecture
     }
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
     url = f"sqlite:///{tmp_path}/s.db"
-    result = cli(
-        "optimize",
+    data = [
+        "--domain",
+        str(repo / EXAMPLES["domain.jsonl"]),
+        "--general",
+        str(repo / EXAMPLES["general.txt"]),
+    ]
+    data += ["--probes", str(repo / EXAMPLES["probes.jsonl"]), "--cache-dir", str(tmp_path / "cache")]
+    args = [
         "--space",
         "space.yaml",
         "--storage",
@@ -118,15 +101,8 @@ def test_lora_and_full_trials_of_every_architecture_through_the_cli(architecture
         "2",
         "--model",
         str(model_dirs[architecture]),
-        "--domain",
-        str(repo / EXAMPLES["domain.jsonl"]),
-        "--general",
-        str(repo / EXAMPLES["general.txt"]),
-        "--probes",
-        str(repo / EXAMPLES["probes.jsonl"]),
-        cwd=tmp_path,
-        env_cache=tmp_path / "cache",
-    )
+    ]
+    result = invoke("optimize", *args, *data, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     import optuna
 
@@ -159,10 +135,7 @@ def test_probes_are_scored_by_greedy_generation_after_normalisation():
     from lorasweep.world import make_tokenizer
 
     tok = make_tokenizer()  # word-level: every generated token decodes to a whole word
-    torch.manual_seed(0)
-    model = ARCHITECTURES["llama"](
-        {"vocab_size": len(tok), "bos_token_id": None, "eos_token_id": tok.eos_token_id}
-    )
+    model = tiny_model("llama", vocab_size=len(tok), bos_token_id=None, eos_token_id=tok.eos_token_id)
     prompt = "Vara Lo was born in"
     ids = tok(prompt, return_tensors="pt").input_ids
     out = model.generate(

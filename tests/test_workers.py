@@ -82,11 +82,10 @@ def test_a_worker_killed_mid_trial_is_taken_over_and_the_run_reaches_its_total(t
     )
     victim = None
     deadline = time.monotonic() + 180
-    while victim is None:
+    while victim is None:  # a claimed trial whose objective has its config: inside its training
         assert parent.poll() is None and time.monotonic() < deadline, parent.communicate()
-        time.sleep(0.2)
-        victim = next(iter(claimed_trials(url)), None)
-    time.sleep(1.0)  # inside the training loop
+        time.sleep(0.1)
+        victim = next((t for t in claimed_trials(url) if "config" in t.user_attrs), None)
     os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
     _, stderr = parent.communicate(timeout=300)
     assert parent.returncode == 0, stderr
