@@ -39,7 +39,7 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 PREPARE = {"prepare": True}
 
 
-@dataclass
+@dataclass(frozen=True)
 class WorldConfig:
     """The embedded knowledge world and the recipe of its base model (lorasweep/world.py)."""
 
@@ -60,9 +60,9 @@ class WorldConfig:
 
     def __post_init__(self) -> None:
         check_types(self, "world.")
-        self.validate()
+        self._validate()
 
-    def validate(self) -> None:
+    def _validate(self) -> None:
         check(self, "world.n_general", self.n_general >= 2, "an integer >= 2")
         check(self, "world.n_domain", self.n_domain >= 1, "an integer >= 1")
         check(self, "world.n_attributes", 1 <= self.n_attributes <= 4, "an integer in 1..4")
@@ -82,7 +82,7 @@ class WorldConfig:
         check(self, "world.max_length", self.max_length >= 16, "an integer >= 16")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrialConfig:
     """Everything one trial trains and measures. No adapter settings apply when method is full."""
 
@@ -144,11 +144,12 @@ class TrialConfig:
     world: WorldConfig = field(default_factory=WorldConfig, metadata=PREPARE)
 
     def __post_init__(self) -> None:
-        # every config is valid, however it was made: from a file, dataclasses.replace, code
+        # every config is valid, however it was made (a file, dataclasses.replace, code), and stays
+        # so: the dataclass is frozen
         check_types(self, "")
-        self.validate()
+        self._validate()
 
-    def validate(self) -> None:
+    def _validate(self) -> None:
         """Ranges and combinations; each error names the field and what is allowed."""
         check(
             self,

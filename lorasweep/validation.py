@@ -138,7 +138,7 @@ def check_types(obj: Any, prefix: str) -> None:
             continue
         if value is None and type(None) in typing.get_args(hint):
             continue
-        setattr(obj, name, coerce(value, kind, "", prefix + name))
+        object.__setattr__(obj, name, coerce(value, kind, "", prefix + name))  # frozen dataclasses too
         choices = choices_of(hint)
         if choices is not None and value not in choices:
             raise ConfigError(f"field '{prefix}{name}' is {value!r}; allowed: {', '.join(choices)}")

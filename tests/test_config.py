@@ -75,6 +75,11 @@ def test_a_config_made_in_code_is_validated_on_construction(make, message):
     assert str(info.value).startswith(message)
 
 
+def test_a_config_cannot_be_changed_into_an_invalid_one():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        TrialConfig().rank = 0
+
+
 def test_numbers_made_in_code_take_their_field_type():
     config = TrialConfig(alpha=8, learning_rate="3e-4")
     assert (config.alpha, config.learning_rate) == (8.0, 3e-4) and isinstance(config.alpha, float)
