@@ -20,7 +20,7 @@ import typer
 from lorasweep import options
 from lorasweep.artifacts import DEFAULT_ARTIFACT_DIR
 from lorasweep.config import TrialConfig
-from lorasweep.display import console, err_console, progress, quiet_libraries, say
+from lorasweep.display import console, dashboard_command, err_console, progress, quiet_libraries, say
 from lorasweep.search_space import DEFAULT_SPACE
 from lorasweep.study import DEFAULT_STORAGE, DEFAULT_STUDY, GRACE_S, HEARTBEAT_S
 from lorasweep.validation import ConfigError
@@ -80,7 +80,7 @@ def optimize(
     from lorasweep.workers import check_run, pin_cpus, run, worker_command
 
     pin_cpus()  # a worker started by --workers runs on its own cores
-    from lorasweep.study import dashboard_target, open_study, storage_label
+    from lorasweep.study import open_study, storage_label
     from lorasweep.study import storage as open_storage
 
     heartbeat = (heartbeat_interval, grace_period)
@@ -137,8 +137,7 @@ def optimize(
         if code:
             raise typer.Exit(code)
     print_best(opened)
-    # the storage's password masked
-    say(f"\nopen the dashboard:  optuna-dashboard {dashboard_target(storage)} --artifact-dir {artifact_dir}")
+    say(f"\nopen the dashboard:  {dashboard_command(storage, artifact_dir)}")
 
 
 @app.command()
@@ -158,10 +157,10 @@ def best(
     with user_errors():
         quiet_libraries(training=False)
         loaded = load_study(storage, study)
-    if not json_out:
+    if json_out:
+        print(json.dumps(best_summary(loaded), indent=2))
+    else:
         print_best(loaded)
-        return
-    print(json.dumps(best_summary(loaded), indent=2))
 
 
 @app.command()
@@ -180,7 +179,7 @@ def report(
     from lorasweep.analysis import gaps
     from lorasweep.artifacts import attach
     from lorasweep.report import default_out, write_report
-    from lorasweep.study import dashboard_target, load_study
+    from lorasweep.study import load_study
 
     with user_errors():
         quiet_libraries(training=False)
@@ -191,21 +190,7 @@ def report(
     say(f"wrote {target / 'report.md'} and {len(files) - 1} plots; uploaded to the study's artifacts")
     for gap in gaps(loaded, forget_tolerance):
         say(f"note: {gap}")
-    say(f"dashboard:  optuna-dashboard {dashboard_target(storage)} --artifact-dir {artifact_dir}")
-
-
-def _recorded(
-    storage: str, study: str | None, number: int | None, best: bool, purpose: str, trust_remote_code: bool
-):
-    """The chosen trial of the study and the config it recorded, checked before anything loads."""
-    from lorasweep.reproduce import recorded_trial, rerun_config
-    from lorasweep.study import load_study
-
-    quiet_libraries(training=False)
-    frozen = recorded_trial(load_study(storage, study), number, best, purpose)
-    config = rerun_config(frozen, purpose, trust_remote_code)
-    quiet_libraries()  # only now, as importing transformers takes seconds
-    return frozen, config
+    say(f"dashboard:  {dashboard_command(storage, artifact_dir)}")
 
 
 @app.command()
@@ -221,10 +206,12 @@ def reproduce(
 ) -> None:
     """Re-run a recorded trial and print its metrics beside the recorded ones (exit 1 if they differ)."""
     from lorasweep.display import print_comparison
-    from lorasweep.reproduce import changed_inputs, compare
+    from lorasweep.reproduce import changed_inputs, compare, rerun_target
 
     with user_errors():
-        frozen, config = _recorded(storage, study, trial, best, "reproduce", trust_remote_code)
+        quiet_libraries(training=False)
+        frozen, config = rerun_target(storage, study, trial, best, "reproduce", trust_remote_code)
+    quiet_libraries()  # only now, as importing transformers takes seconds
     from lorasweep.prepare import prepare
     from lorasweep.trial import run_trial
 
@@ -265,10 +252,12 @@ def export(
     cache_dir: options.CacheDir = None,
 ) -> None:
     """Train a recorded trial again and write its adapter or model, trial.yaml and a model card."""
-    from lorasweep.reproduce import export_trial
+    from lorasweep.reproduce import export_trial, rerun_target
 
     with user_errors():
-        frozen, config = _recorded(storage, study, trial, best, "export", trust_remote_code)
+        quiet_libraries(training=False)
+        frozen, config = rerun_target(storage, study, trial, best, "export", trust_remote_code)
+        quiet_libraries()
         with progress() as bars:
             task = bars.add_task(f"trial {frozen.number}", total=config.steps)
             result = export_trial(

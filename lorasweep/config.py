@@ -39,6 +39,11 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 PREPARE = {"prepare": True}
 
 
+def _loaded(default: Any) -> Any:
+    """A field that shapes what `prepare` loads: trials that differ in it cannot share a load."""
+    return field(default=default, metadata=PREPARE)
+
+
 @dataclass(frozen=True)
 class WorldConfig:
     """The embedded knowledge world and the recipe of its base model (lorasweep/world.py)."""
@@ -88,28 +93,22 @@ class TrialConfig:
 
     # The base model: unset is the embedded world's (built on first use), else a local Hugging Face
     # directory or a hub id already in the local cache; weights load from safetensors only.
-    model: str | None = field(default=None, metadata=PREPARE)
-    # run Python code shipped with the model: only when asked
-    trust_remote_code: bool = field(default=False, metadata=PREPARE)
-    # weights and compute; auto: bf16 on a GPU that supports it, else fp32
-    dtype: Dtype = field(default="auto", metadata=PREPARE)
-    device: str = field(default="auto", metadata=PREPARE)  # auto (the GPU if there is one), cpu, cuda:N
-    attn_implementation: Attention = field(default="sdpa", metadata=PREPARE)
+    model: str | None = _loaded(None)
+    trust_remote_code: bool = _loaded(False)  # run Python code shipped with the model: only when asked
+    dtype: Dtype = _loaded("auto")  # weights and compute; auto: bf16 on a GPU that supports it, else fp32
+    device: str = _loaded("auto")  # auto (the GPU if there is one), cpu, cuda, cuda:N
+    attn_implementation: Attention = _loaded("sdpa")
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
     # torch.compile the training forward and backward (evaluation stays eager): faster steps after
     # a compile that each worker pays once per model structure (method, rank, alpha, targets, ...)
     compile: bool = False
     # The user's text (lorasweep/corpus.py): unset is the embedded world's
-    # the new knowledge: a file or hub:NAME?config=C&split=S
-    domain: str | None = field(default=None, metadata=PREPARE)
-    # general text: replay pool and the forgetting measure
-    general: str | None = field(default=None, metadata=PREPARE)
-    # questions on the domain: {question, answer} or {prompt, answer}
-    probes: str | None = field(default=None, metadata=PREPARE)
-    text_column: str = field(default="text", metadata=PREPARE)
-    probe_template: str = field(default="Question: {question}\nAnswer:", metadata=PREPARE)
-    # share of general documents held out to measure forgetting
-    general_heldout: float = field(default=0.2, metadata=PREPARE)
+    domain: str | None = _loaded(None)  # the new knowledge: a file or hub:NAME?config=C&split=S
+    general: str | None = _loaded(None)  # general text: replay pool and the forgetting measure
+    probes: str | None = _loaded(None)  # questions on the domain: {question, answer} or {prompt, answer}
+    text_column: str = _loaded("text")
+    probe_template: str = _loaded("Question: {question}\nAnswer:")
+    general_heldout: float = _loaded(0.2)  # share of general documents held out to measure forgetting
     method: Method = "lora"  # full, or an adapter: lora, rslora, dora, qlora (LoRA on a quantised base)
     rank: int = 16
     alpha: float | None = None  # LoRA alpha; if unset, alpha_ratio x rank

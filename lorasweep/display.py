@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import asdict
+from pathlib import Path
 
 import optuna
 from rich.console import Console
@@ -15,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from lorasweep.records import Gap, TrialResult, forget_of, objective_attr, study_gaps, trial_gaps, value_names
-from lorasweep.study import best_trials, objective_of
+from lorasweep.study import best_trials, dashboard_target, objective_of
 
 console = Console(soft_wrap=True)  # never break a printed command or URL across lines
 err_console = Console(stderr=True, soft_wrap=True)
@@ -57,6 +58,11 @@ def progress(on: Console = console) -> Progress:
         TimeElapsedColumn(),
         console=on,
     )
+
+
+def dashboard_command(storage: str, artifact_dir: Path) -> str:
+    """The command that opens the study in optuna-dashboard (the storage's password masked)."""
+    return f"optuna-dashboard {dashboard_target(storage)} --artifact-dir {artifact_dir}"
 
 
 def trial_line(frozen: optuna.trial.FrozenTrial) -> str:

@@ -22,7 +22,7 @@ import optuna
 
 from lorasweep.config import TrialConfig, write_trial_yaml
 from lorasweep.records import RERUN_ATTRS, TrialResult, recorded_metrics, require, trial_gaps
-from lorasweep.study import best_trials
+from lorasweep.study import best_trials, load_study
 from lorasweep.validation import ConfigError
 
 if TYPE_CHECKING:
@@ -75,8 +75,12 @@ def trial_config(frozen: optuna.trial.FrozenTrial) -> TrialConfig:
     return config
 
 
-def rerun_config(frozen: optuna.trial.FrozenTrial, purpose: str, trust_remote_code: bool) -> TrialConfig:
-    """`trial_config`, unless the trial's model ships Python code and the user did not allow it."""
+def rerun_target(
+    storage: str, study: str | None, number: int | None, best: bool, purpose: str, trust_remote_code: bool
+) -> tuple[optuna.trial.FrozenTrial, TrialConfig]:
+    """The chosen trial of the study and the config it recorded, checked before anything loads:
+    a trial whose model ships Python code runs again only with `trust_remote_code`."""
+    frozen = recorded_trial(load_study(storage, study), number, best, purpose)
     config = trial_config(frozen)
     if config.trust_remote_code and not trust_remote_code:
         # the study may come from someone else: its record alone does not run a model's own code
@@ -84,7 +88,7 @@ def rerun_config(frozen: optuna.trial.FrozenTrial, purpose: str, trust_remote_co
             f"trial {frozen.number} recorded trust_remote_code: true (its model ships Python code); "
             f"pass --trust-remote-code to {purpose} it"
         )
-    return config
+    return frozen, config
 
 
 def changed_inputs(frozen: optuna.trial.FrozenTrial, prepared: Prepared) -> tuple[list[str], list[str]]:

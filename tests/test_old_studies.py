@@ -313,16 +313,16 @@ def test_a_config_this_lorasweep_cannot_read_is_one_line(db):
 
 
 def test_a_recorded_trust_remote_code_needs_the_flag(db):
-    from lorasweep.cli import _recorded
+    from lorasweep.reproduce import rerun_target
 
     _, url = db
     with pytest.raises(ConfigError) as info:
-        _recorded(url, "remote", 0, False, "export", trust_remote_code=False)
+        rerun_target(url, "remote", 0, False, "export", trust_remote_code=False)
     assert str(info.value) == (
         "trial 0 recorded trust_remote_code: true (its model ships Python code); "
         "pass --trust-remote-code to export it"
     )
-    assert _recorded(url, "remote", 0, False, "export", trust_remote_code=True)[1].trust_remote_code
+    assert rerun_target(url, "remote", 0, False, "export", trust_remote_code=True)[1].trust_remote_code
 
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", "/tmp/x", "..", "", "a\\b"])
