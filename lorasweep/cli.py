@@ -77,7 +77,7 @@ def optimize(
     do not count; a queued baseline or a dead worker's trial run again counts like a new one.
     """
     from lorasweep.search_space import load_space
-    from lorasweep.workers import check_run, pin_cpus, run, worker_command
+    from lorasweep.workers import check_run, pin_cpus, run_sweep, worker_command
 
     pin_cpus()  # a worker started by --workers runs on its own cores
     from lorasweep.study import open_study, storage_label
@@ -127,7 +127,7 @@ def optimize(
             searched, lambda s, n: bars.update(steps, completed=s, total=n), cache_dir, artifact_dir
         )
         command = worker_command(ctx)
-        code, message = run(
+        code, message = run_sweep(
             opened, objective, command, n_trials, timeout, seed, workers, gpus, on_trial, catch=TRIAL_FAILURES
         )
         if code in (130, 143):
@@ -206,7 +206,7 @@ def reproduce(
 ) -> None:
     """Re-run a recorded trial and print its metrics beside the recorded ones (exit 1 if they differ)."""
     from lorasweep.display import print_comparison
-    from lorasweep.reproduce import changed_inputs, compare, rerun_target
+    from lorasweep.reproduce import changed_inputs, compare, known_differences, rerun_target
 
     with user_errors():
         quiet_libraries(training=False)
@@ -236,6 +236,8 @@ def reproduce(
     print_comparison(frozen.number, result, rows, limit)
     if not all(ok for *_, ok in rows):
         say(f"trial {frozen.number} did not reproduce within {limit:g}", err_console)
+        for line in known_differences(config, prepared.device):
+            say(f"note: {line}", err_console)
         raise typer.Exit(1)
     say(f"trial {frozen.number} reproduced" + (" exactly" if limit == 0 else f" within {limit:g}"))
 

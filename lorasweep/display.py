@@ -171,8 +171,8 @@ def best_summary(study: optuna.Study) -> dict:
 def named_values(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> dict[str, float]:
     """The trial's values by name, and forget where a constrained study records it beside them."""
     values = dict(zip(value_names(study), frozen.values))
-    if len(frozen.values) == 1 and forget_of(frozen) is not None:
-        values["forget"] = forget_of(frozen)
+    if "forget" not in values and "forget" in frozen.user_attrs:
+        values["forget"] = frozen.user_attrs["forget"]
     return values
 
 

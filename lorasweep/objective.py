@@ -4,8 +4,9 @@
     objective(trial) -> learn                 # objective: constrained (forget <= tolerance)
 
 Every field of the `TrialResult` that `run_trial` returns is stored as a user attr of the same name
-(the resolved config included), and the intermediate learn values become the trial's intermediate
-values, so learning curves show in optuna-dashboard. With `objective: constrained`, a pruner may stop a trial at an intermediate
+(the resolved config included; a field the trial has no value for is left out), and the
+intermediate learn values become the trial's intermediate values, so learning curves show in
+optuna-dashboard. With `objective: constrained`, a pruner may stop a trial at an intermediate
 evaluation; with `objective: pareto`, the dominance pruner (lorasweep/pruning.py) may. A pruned
 trial records the step and the reason.
 

@@ -74,8 +74,9 @@ class TrialResult:
 
 
 def forget_of(frozen: optuna.trial.FrozenTrial) -> float | None:
-    """A recorded trial's forget: the second value of a pareto study, a user attr of a constrained
-    one (and None where neither holds it: plain Optuna, a trial that did not complete)."""
+    """A recorded trial's forget: the second value of a study with two objectives (pareto), else
+    the user attr of a constrained study; None where neither holds it (a one-objective study
+    without the attr, a trial that did not complete)."""
     if frozen.values is not None and len(frozen.values) > 1:
         return frozen.values[1]
     value = frozen.user_attrs.get("forget")

@@ -26,8 +26,10 @@ from lorasweep.study import best_trials, load_study
 from lorasweep.validation import ConfigError
 
 if TYPE_CHECKING:
-    # lorasweep.prepare and .trial load torch (seconds): imported where a trial trains, so a trial that cannot
-    # run again is answered at once
+    # torch, lorasweep.prepare and .trial load in seconds: imported where a trial trains, so a
+    # trial that cannot run again is answered at once
+    import torch
+
     from lorasweep.prepare import Prepared
 
 COMPARED = ("learn", "forget", "general_loss", "domain_loss", "general_qa_acc")
@@ -111,6 +113,18 @@ def changed_inputs(frozen: optuna.trial.FrozenTrial, prepared: Prepared) -> tupl
             "the re-run uses this machine's thread count; on CPU the last digits may differ"
         )
     return changed, [str(gap) for gap in trial_gaps([frozen], unrecorded)]
+
+
+def known_differences(config: TrialConfig, device: torch.device) -> list[str]:
+    """Known reasons a trial recorded by an earlier lorasweep cannot give the same numbers here."""
+    found = []
+    if config.method == "qlora" and device.type == "cpu":
+        found.append(
+            "a qlora trial recorded on a CPU with AVX512-BF16 before 2026-11-30 ran bitsandbytes' "
+            "repacked 4-bit path, which trains differently; lorasweep now runs the portable path on "
+            "every CPU (README, 'Reproducing and exporting the best trial')"
+        )
+    return found
 
 
 def compare(

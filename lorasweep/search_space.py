@@ -28,7 +28,7 @@ from typing import Any
 import optuna
 
 from lorasweep.config import TrialConfig
-from lorasweep.validation import ConfigError, coerce, field_kind, load_yaml, unknown
+from lorasweep.validation import ConfigError, coerce, did_you_mean, field_kind, load_yaml, unknown
 
 DEFAULT_SPACE = Path("search_spaces/default.yaml")
 SPACE_KEYS = ("objective", "forget_tolerance", "pruner", "config", "params", "baselines", "sampler")
@@ -197,8 +197,11 @@ def _parse_params(raw: Any, config: dict[str, Any], src: str) -> list[Param]:
                 raise ConfigError(f"{where}: {unknown('key', key, PARAM_KEYS)}")
         target = spec.get("field", name)
         if not isinstance(target, str) or target not in hints or target == "world":
-            searchable = ", ".join(h for h in hints if h != "world")
-            raise ConfigError(f"{where}: '{target}' is not a trial-config field (searchable: {searchable})")
+            searchable = [h for h in hints if h != "world"]
+            raise ConfigError(
+                f"{where}: '{target}' is not a trial-config field{did_you_mean(target, searchable)} "
+                f"(searchable: {', '.join(searchable)})"
+            )
         if target in config:
             raise ConfigError(f"{where}: field '{target}' is both fixed under 'config' and searched")
         kind = field_kind(hints[target])

@@ -103,9 +103,14 @@ def unknown(what: str, name: Any, allowed: Iterable[str], prefix: str = "", of: 
     """The message for a key `name` (under `prefix`, e.g. "world."; of what `of` names) that is none
     of `allowed`: unknown field 'learning_rat'; did you mean 'learning_rate'? (allowed: ...)"""
     allowed = list(allowed)
-    close = difflib.get_close_matches(str(name), allowed, n=1, cutoff=0.75)
-    hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+    hint = did_you_mean(name, allowed, prefix)
     return f"unknown {what} '{prefix}{name}'{of}{hint} (allowed: {', '.join(allowed) or 'none'})"
+
+
+def did_you_mean(name: Any, allowed: Iterable[str], prefix: str = "") -> str:
+    """ "; did you mean 'learning_rate'?" when one of `allowed` is close to `name`, else ""."""
+    close = difflib.get_close_matches(str(name), list(allowed), n=1, cutoff=0.75)
+    return f"; did you mean '{prefix}{close[0]}'?" if close else ""
 
 
 def typed_fields(cls: type, data: Any, source: str, prefix: str) -> dict[str, Any]:
@@ -134,7 +139,7 @@ def check_types(obj: Any, prefix: str) -> None:
         kind = field_kind(hint)
         if dataclasses.is_dataclass(kind):  # a nested config checks itself
             if not isinstance(value, kind):
-                raise ConfigError(f"field '{prefix}{name}' is {value!r}; expected a mapping of {name} fields")
+                raise ConfigError(f"field '{prefix}{name}' is {value!r}; expected a {kind.__name__}")
             continue
         if value is None and type(None) in typing.get_args(hint):
             continue

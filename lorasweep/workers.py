@@ -86,7 +86,7 @@ def worker_command(ctx: typer.Context) -> list[str]:
     return argv
 
 
-def run(
+def run_sweep(
     study: optuna.Study,
     objective: Callable[[optuna.Trial], Any],
     command: Sequence[str],
@@ -135,7 +135,8 @@ def run_here(
         return 143 if str(err) == "SIGTERM" else 130
     finally:  # a caller's own handlers (the CLI run in-process, a notebook) come back
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            if handler is not None:  # None: a handler set outside Python, which cannot be put back
+                signal.signal(sig, handler)
     return 0
 
 

@@ -66,7 +66,7 @@ def test_invalid_configs_name_the_field(data, message):
         (lambda: dataclasses.replace(TrialConfig(), rank=0), "field 'rank' is 0; allowed: an integer >= 1"),
         (lambda: dataclasses.replace(TrialConfig(), seed="7"), "field 'seed' is '7'; expected an integer"),
         (lambda: WorldConfig(n_heads=5), "field 'world.n_heads' is 5; allowed: a positive divisor"),
-        (lambda: TrialConfig(world={"seed": 1}), "field 'world' is {'seed': 1}; expected a mapping of world"),
+        (lambda: TrialConfig(world={"seed": 1}), "field 'world' is {'seed': 1}; expected a WorldConfig"),
     ],
 )
 def test_a_config_made_in_code_is_validated_on_construction(make, message):

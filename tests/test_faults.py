@@ -21,13 +21,14 @@ HEARTBEAT = ("--heartbeat-interval", "1", "--grace-period", "3")
 
 
 def running_trial(url: str, training: bool = False) -> bool:
-    """Whether a trial is running; with `training`, one whose objective has its config and trains."""
+    """Whether a trial is running; with `training`, one inside its training loop (it has reported
+    its first intermediate evaluation, half-way through)."""
     try:
         study = optuna.load_study(study_name="default", storage=url)
     except KeyError:
         return False
     running = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
-    return any("config" in t.user_attrs for t in running) if training else bool(running)
+    return any(t.intermediate_values for t in running) if training else bool(running)
 
 
 def heartbeat_age_s(url: str) -> float:
@@ -41,8 +42,8 @@ def heartbeat_age_s(url: str) -> float:
 
 
 def worker_in_a_trial(tmp_path: Path, space: dict, *args: str) -> tuple[subprocess.Popen, str]:
-    """`lorasweep optimize` on `space` (trials ~4x the tiny default), once it is training a trial."""
-    space = {**space, "config": {**space["config"], "train_tokens": 8192 * 4}}
+    """`lorasweep optimize` on `space` (trials ~8x the tiny default), once it is training a trial."""
+    space = {**space, "config": {**space["config"], "train_tokens": 8192 * 8}}
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
     url = f"sqlite:///{tmp_path}/s.db"
     command = [
@@ -60,7 +61,7 @@ def worker_in_a_trial(tmp_path: Path, space: dict, *args: str) -> tuple[subproce
         command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     deadline = time.monotonic() + 120
-    while not running_trial(url, training=True):  # past sampling, inside the objective's training
+    while not running_trial(url, training=True):
         assert worker.poll() is None and time.monotonic() < deadline, worker.communicate()
         time.sleep(0.1)
     return worker, url

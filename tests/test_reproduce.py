@@ -109,6 +109,17 @@ def test_reading_commands_say_what_is_missing(study, tmp_path):
     assert result.returncode == 2 and "trial 0 of study 'plain' has no recorded config" in result.stderr
 
 
+def test_a_qlora_trial_that_does_not_reproduce_on_cpu_names_the_known_reason():
+    import torch
+
+    from lorasweep.config import TrialConfig
+    from lorasweep.reproduce import known_differences
+
+    (note,) = known_differences(TrialConfig(method="qlora"), torch.device("cpu"))
+    assert "AVX512-BF16" in note and "README" in note
+    assert known_differences(TrialConfig(method="lora"), torch.device("cpu")) == []
+
+
 def exact_match(model, tokenizer, probes) -> float:
     """Teacher-forced exact match (answer and EOS), written with plain transformers and torch."""
     correct = 0

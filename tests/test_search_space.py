@@ -94,6 +94,11 @@ def edit(path: str, value):
         ("params.rank.type", "float", "type 'float' does not fit field 'rank'"),
         ("params.lora_learning_rate.low", 0, "a log scale needs low > 0"),
         ("params.lora_learning_rate.field", "speed", "'speed' is not a trial-config field"),
+        (
+            "params.lora_learning_rate.field",
+            "learning_rat",
+            "'learning_rat' is not a trial-config field; did you mean 'learning_rate'? (searchable: ",
+        ),
         ("params.seed", 3, "param 'seed' must be a mapping"),
         ("config.method", "full", "field 'method' is both fixed under 'config' and searched"),
         ("config.batch_size", "big", "field 'batch_size' is 'big'; expected an integer"),
