@@ -32,14 +32,6 @@ app = typer.Typer(
 )
 
 
-def _overrides(
-    model: str | None, domain: str | None, general: str | None, probes: str | None, trust: bool
-) -> dict:
-    """Config fields given on the command line; they replace the space's or the config file's."""
-    given = {"model": model, "domain": domain, "general": general, "probes": probes}
-    return {k: v for k, v in given.items() if v is not None} | ({"trust_remote_code": True} if trust else {})
-
-
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Bad input ends the command with one line on stderr and exit code 2."""
@@ -80,14 +72,14 @@ def optimize(
     from lorasweep.workers import check_run, pin_cpus, run_sweep, worker_command
 
     pin_cpus()  # a worker started by --workers runs on its own cores
-    from lorasweep.study import open_study, storage_label
+    from lorasweep.study import open_study, queue_arm, storage_label
     from lorasweep.study import storage as open_storage
 
     heartbeat = (heartbeat_interval, grace_period)
     with user_errors():
         gpus = check_run(n_trials, timeout, workers, devices)
         searched = load_space(space).with_config(
-            _overrides(model, domain, general, probes, trust_remote_code)
+            options.overrides(model, domain, general, probes, trust_remote_code)
         )
         fixed = TrialConfig.from_dict(searched.config, str(space))
         quiet_libraries()
@@ -128,7 +120,17 @@ def optimize(
         )
         command = worker_command(ctx)
         code, message = run_sweep(
-            opened, objective, command, n_trials, timeout, seed, workers, gpus, on_trial, catch=TRIAL_FAILURES
+            opened,
+            objective,
+            command,
+            n_trials,
+            timeout,
+            seed,
+            workers,
+            gpus,
+            on_trial,
+            before_trial=lambda s: queue_arm(s, searched),
+            catch=TRIAL_FAILURES,
         )
         if code in (130, 143):
             bars.stop()
@@ -318,7 +320,7 @@ def run(
     with user_errors():
         fields = load_yaml(config)
         if isinstance(fields, dict):
-            fields = {**fields, **_overrides(model, domain, general, probes, trust_remote_code)}
+            fields = {**fields, **options.overrides(model, domain, general, probes, trust_remote_code)}
         trial_config = TrialConfig.from_dict(fields, str(config))
         quiet_libraries()
         from lorasweep.display import print_result

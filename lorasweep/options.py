@@ -1,4 +1,5 @@
-"""The command-line options several `lorasweep` commands share (Typer's Annotated options).
+"""The command-line options several `lorasweep` commands share (Typer's Annotated options), and
+the config fields they set.
 
 Their defaults are the constants of the modules that own them (the storage URL in study.py, the
 space in search_space.py, the artifact store in artifacts.py), so `--help` and the code agree.
@@ -10,6 +11,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
+
+def overrides(
+    model: str | None, domain: str | None, general: str | None, probes: str | None, trust: bool
+) -> dict:
+    """Config fields given on the command line; they replace the space's or the config file's."""
+    given = {"model": model, "domain": domain, "general": general, "probes": probes}
+    return {k: v for k, v in given.items() if v is not None} | ({"trust_remote_code": True} if trust else {})
+
 
 CacheDir = Annotated[
     Path | None,

@@ -31,7 +31,16 @@ from lorasweep.config import TrialConfig
 from lorasweep.validation import ConfigError, coerce, did_you_mean, field_kind, load_yaml, unknown
 
 DEFAULT_SPACE = Path("search_spaces/default.yaml")
-SPACE_KEYS = ("objective", "forget_tolerance", "pruner", "config", "params", "baselines", "sampler")
+SPACE_KEYS = (
+    "objective",
+    "forget_tolerance",
+    "pruner",
+    "config",
+    "params",
+    "baselines",
+    "sampler",
+    "compare",
+)
 OBJECTIVES = ("pareto", "constrained")
 # Optuna's pruners act on the intermediate learn values and cannot prune multi-objective studies,
 # so they need `objective: constrained`; the dominance pruner (pruning.py) is for pareto studies.
@@ -117,6 +126,11 @@ class SearchSpace:
     objective: str = "pareto"  # pareto: (learn up, forget down); constrained: learn up, forget <= tolerance
     forget_tolerance: float | None = None
     pruner: dict[str, Any] = field(default_factory=lambda: {"name": "none"})
+    compare: str | None = None  # the categorical param whose values (arms) share the trials evenly
+
+    def arms(self) -> list[Any]:
+        """The compared param's values, in the order the file gives them (none: no `compare`)."""
+        return next((p.choices for p in self.params if p.name == self.compare), [])
 
     def with_config(self, overrides: dict[str, Any]) -> SearchSpace:
         """The space with fixed config fields set from the command line (--model, --domain, ...).
@@ -176,6 +190,7 @@ def load_space(path: Path) -> SearchSpace:
         raise ConfigError(f"{src}: 'params' is empty; a search space searches at least one field")
     space = SearchSpace(path, raw, config, params, [], _parse_sampler(raw.get("sampler") or {}, src))
     _parse_objective(space, raw, src)
+    space.compare = _parse_compare(raw.get("compare"), params, src)
     baselines = raw.get("baselines") or []
     if not isinstance(baselines, list):
         raise ConfigError(f"{src}: 'baselines' must be a list of mappings of field: value")
@@ -314,6 +329,19 @@ def _parse_objective(space: SearchSpace, raw: dict[str, Any], src: str) -> None:
     if pruner["name"] == "dominance" and (pruner["k"] < 1 or pruner["warmup_points"] < 0):
         raise ConfigError(f"{src}: dominance pruner needs k >= 1 and warmup_points >= 0")
     space.objective, space.forget_tolerance, space.pruner = objective, tolerance, pruner
+
+
+def _parse_compare(raw: Any, params: list[Param], src: str) -> str | None:
+    """`compare: NAME`: a categorical param that every trial has (no `when`)."""
+    if raw is None:
+        return None
+    arms = [p.name for p in params if p.kind == "categorical" and not p.when]
+    if raw not in arms:
+        allowed = ", ".join(arms) or "none in this space"
+        raise ConfigError(
+            f"{src}: 'compare' is {raw!r}; allowed: a categorical param every trial has ({allowed})"
+        )
+    return raw
 
 
 def _parse_sampler(raw: Any, src: str) -> dict[str, Any]:

@@ -149,7 +149,8 @@ def open_study(
         study.set_user_attr("space_path", str(space.path))
         study.set_user_attr("lorasweep_version", __version__)
         for params in space.baselines:
-            study.enqueue_trial(params, user_attrs={"baseline": True}, skip_if_exists=True)
+            arm = {"arm": params[space.compare]} if space.compare else {}
+            study.enqueue_trial(params, user_attrs={"baseline": True, **arm}, skip_if_exists=True)
     # Offset the seed by the trials already run, so a resumed study does not redraw its first
     # random points; the seed actually used is recorded per run.
     started = sum(t.state != optuna.trial.TrialState.WAITING for t in study.trials)
@@ -164,6 +165,29 @@ def open_study(
     if base_metrics is not None and "base_metrics" not in study.user_attrs:
         study.set_user_attr("base_metrics", base_metrics)
     return study
+
+
+def queue_arm(study: optuna.Study, space: SearchSpace) -> None:
+    """Queue the next trial's arm (value of the space's `compare` param), the rest to be sampled.
+
+    The rule: the arm with the fewest trials goes next, ties in the order of its choices. Every
+    trial of an arm counts, whatever its state (baselines and pruned duplicates included), except
+    a failed one that heartbeats queued again (its retry counts instead). Nothing is queued while
+    trials wait in Optuna's queue (baselines, retries): they run first and count when they do.
+    Call it where no other process can start a trial in between (workers.run_trials holds a lock).
+    """
+    arms = space.arms()
+    trials = study.get_trials(deepcopy=False)
+    if not arms or any(t.state == optuna.trial.TrialState.WAITING for t in trials):
+        return
+    retried = {n for t in trials for n in optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(t)}
+    counts = dict.fromkeys(arms, 0)
+    for t in trials:
+        arm = t.user_attrs.get("arm", t.params.get(space.compare))
+        if arm in counts and not (t.state == optuna.trial.TrialState.FAIL and t.number in retried):
+            counts[arm] += 1
+    arm = min(arms, key=lambda a: counts[a])  # min keeps the first of equal counts
+    study.enqueue_trial({space.compare: arm}, user_attrs={"arm": arm})
 
 
 def _searched(raw: dict[str, Any]) -> tuple:

@@ -173,6 +173,7 @@ def run_trials(
     objective: Callable[[optuna.Trial], Any],
     n_trials: int,
     timeout: float | None = None,
+    before_trial: Callable[[optuna.Study], None] | None = None,
     **optimize_kwargs: Any,
 ) -> None:
     """Optuna's `study.optimize`, one trial at a time, until this run has `n_trials` trials.
@@ -181,7 +182,8 @@ def run_trials(
     from Optuna's queue (a baseline, a dead worker's trial) counts like a new one. Local workers
     claim trials under a file lock, so they never start more than `n_trials` between them; with
     heartbeats on, a worker with nothing left to start waits while the run's other trials are
-    running, to take over any whose worker dies.
+    running, to take over any whose worker dies. `before_trial(study)` runs under the same lock
+    just before each trial starts (study.queue_arm: which arm it belongs to).
     """
     run = os.environ.get(RUN_ENV) or uuid.uuid4().hex[:12]
     worker = f"{socket.gethostname()}:{os.getpid()}"
@@ -200,6 +202,8 @@ def run_trials(
             with _locked(lock):
                 counted, running = tally(study, run)
                 if counted < n_trials:
+                    if before_trial is not None:
+                        before_trial(study)
                     study.optimize(claimed, n_trials=1, **optimize_kwargs)
                     continue
             if not (heartbeats and running):

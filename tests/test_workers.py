@@ -45,8 +45,10 @@ def test_four_workers_share_one_sqlite_study(tmp_path, cache_dir, prepared):
 
 
 def four_workers_share_one_study(url: str, tmp_path, cache_dir) -> None:
-    """`optimize --workers 4 --n-trials 8` on `url`: 8 complete trials, none lost or repeated."""
-    (tmp_path / "space.yaml").write_text(yaml.safe_dump(TINY_SPACE, sort_keys=False))
+    """`optimize --workers 4 --n-trials 8` on `url`: 8 complete trials, none lost or repeated, and
+    the methods (`compare: method`) 4 each, as the workers take turns."""
+    space = {**TINY_SPACE, "compare": "method"}
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
     args = ["--space", "space.yaml", "--storage", url, "--workers", "4", "--n-trials", "8"]
     result = cli("optimize", *args, cwd=tmp_path, env_cache=cache_dir)
     assert result.returncode == 0, result.stderr
@@ -59,6 +61,7 @@ def four_workers_share_one_study(url: str, tmp_path, cache_dir) -> None:
         ran = [t for t in trials if all(t.user_attrs["config"][k] == v for k, v in baseline.items())]
         assert len(ran) == 1
     assert len({t.user_attrs["run"] for t in trials}) == 1
+    assert sorted(t.params["method"] for t in trials) == ["full"] * 4 + ["lora"] * 4
     sampled = [tuple(sorted(t.params.items())) for t in trials]
     assert len(set(sampled)) == 8  # workers draw with their own seeds: no duplicate configs
     for t in trials:
