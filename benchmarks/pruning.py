@@ -22,6 +22,8 @@ from pathlib import Path
 import optuna
 import yaml
 
+from lorasweep.records import forget_of
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "bench"
 STORAGE = f"sqlite:///{OUT / 'pruning.db'}"
@@ -73,9 +75,7 @@ def steps(trial: optuna.trial.FrozenTrial) -> int:
 
 
 def feasible_learn(trials: list[optuna.trial.FrozenTrial]) -> float:
-    learns = [
-        t.values[0] for t in trials if t.state.name == "COMPLETE" and t.user_attrs["forget"] <= TOLERANCE
-    ]
+    learns = [t.values[0] for t in trials if t.state.name == "COMPLETE" and forget_of(t) <= TOLERANCE]
     return max(learns, default=float("nan"))
 
 

@@ -37,7 +37,7 @@ from pruning import steps as trial_steps  # benchmarks/pruning.py: how a trial's
 
 import lorasweep.objective
 from lorasweep.objective import TRIAL_FAILURES, make_objective
-from lorasweep.records import TrialResult
+from lorasweep.records import TrialResult, forget_of
 from lorasweep.search_space import load_space
 from lorasweep.study import open_study
 
@@ -140,7 +140,7 @@ def target(table: dict[tuple, optuna.trial.FrozenTrial]) -> float:
     feasible = [
         t.values[0]
         for t in table.values()
-        if t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs["forget"] <= TOLERANCE
+        if t.state == optuna.trial.TrialState.COMPLETE and forget_of(t) <= TOLERANCE
     ]
     return max(feasible) - WITHIN
 
@@ -148,7 +148,7 @@ def target(table: dict[tuple, optuna.trial.FrozenTrial]) -> float:
 def found(trial: optuna.trial.FrozenTrial, goal: float) -> bool:
     return (
         trial.state == optuna.trial.TrialState.COMPLETE
-        and trial.user_attrs["forget"] <= TOLERANCE
+        and forget_of(trial) <= TOLERANCE
         and trial.values[0] >= goal
     )
 
