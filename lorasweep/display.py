@@ -32,8 +32,6 @@ def quiet_libraries(training: bool = True) -> None:
 
     Commands that only read a study pass `training=False`: importing transformers takes seconds.
     """
-    import optuna
-
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # trial lines below carry failure reasons
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
