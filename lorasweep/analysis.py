@@ -5,12 +5,15 @@ best learning rates, correlations. No rendering here (report.py), no training an
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import optuna
 
 from lorasweep.records import Gap, forget_of, has_record, objective_attr, study_gaps, trial_gaps
+from lorasweep.replicates import REPLICATE_OF, is_replicate
 from lorasweep.study import best_trials
 
 COST_ATTRS = ("trainable_params", "peak_mem_bytes", "tokens_per_s")
@@ -18,28 +21,45 @@ COST_ATTRS = ("trainable_params", "peak_mem_bytes", "tokens_per_s")
 
 @dataclass
 class Row:
-    """One completed trial, as the report reads it."""
+    """One completed configuration, as the report reads it: its trial and the trial's replicates."""
 
-    number: int
+    number: int  # the trial that searched it
     method: str
     learning_rate: float
     rank: int | None
     targets: str | None
     replay: float
-    learn: float
+    learn: float  # mean over its seeds
     forget: float
     # cost; None where the trial did not record it (an older lorasweep)
     trainable_params: int | None
     peak_mem_bytes: int | None
     tokens_per_s: float | None
+    arm: Any = None  # its value of the compared param (compare_of)
+    learn_seeds: tuple[float, ...] = ()  # each seed's learn, the searching trial's first
+    forget_seeds: tuple[float, ...] = ()
+
+    @property
+    def seeds(self) -> int:
+        return max(1, len(self.learn_seeds))
 
 
 def rows_of(study: optuna.Study) -> list[Row]:
-    """The completed trials the comparison can read: those with a config and a forget value."""
+    """The completed configurations the comparison can read: those with a config and a forget
+    value, each with the seeds of its completed replicates."""
+    compare = compare_of(study)
+    replicas = defaultdict(list)
+    for t in _compared(study):
+        if is_replicate(t):
+            replicas[t.user_attrs[REPLICATE_OF]].append(t)
     rows = []
     for t in _compared(study):
+        if is_replicate(t):
+            continue
         a, c = t.user_attrs, t.user_attrs["config"]
         adapter = c["method"] != "full"
+        seeds = [t, *replicas[t.number]]
+        learns, forgets = tuple(s.values[0] for s in seeds), tuple(forget_of(s) for s in seeds)
         rows.append(
             Row(
                 t.number,
@@ -48,12 +68,39 @@ def rows_of(study: optuna.Study) -> list[Row]:
                 c.get("rank") if adapter else None,
                 c.get("target_modules") if adapter else None,
                 c.get("replay_ratio", 0.0),
-                t.values[0],
-                forget_of(t),
+                float(np.mean(learns)),
+                float(np.mean(forgets)),
                 *(a.get(attr) for attr in COST_ATTRS),
+                arm=arm_of(t, compare),
+                learn_seeds=learns,
+                forget_seeds=forgets,
             )
         )
     return rows
+
+
+def compare_of(study: optuna.Study) -> str:
+    """The param whose values the study compares: its space's `compare`, else the method."""
+    space = study.user_attrs.get("space")
+    return (space.get("compare") if isinstance(space, dict) else None) or "method"
+
+
+def arm_of(trial: optuna.trial.FrozenTrial, compare: str) -> Any:
+    """The trial's value of the compared param (a fixed config field when the space fixes it)."""
+    if compare in trial.params:
+        return trial.params[compare]
+    config = trial.user_attrs.get("config")
+    return trial.user_attrs.get("arm", config.get(compare) if isinstance(config, dict) else None)
+
+
+def describe(config: dict) -> str:
+    """A configuration in a few words: method, rank, alpha, targets, learning rate."""
+    if config.get("method") == "full":
+        return f"full lr={config.get('learning_rate', 0):.1e}"
+    return (
+        f"{config.get('method')} r={config.get('rank')} a={config.get('alpha') or 0:g} "
+        f"{config.get('target_modules')} lr={config.get('learning_rate', 0):.1e}"
+    )
 
 
 def _configured(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:

@@ -12,6 +12,7 @@ created or changed.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -62,84 +63,125 @@ def optimize(
     workers: options.Workers = 1,
     devices: options.Devices = None,
     cache_dir: options.CacheDir = None,
+    replicates: options.Replicates = 2,
 ) -> None:
     """Run an Optuna study of fine-tuning trials; re-running adds trials to the same study.
 
     --n-trials counts the trials this run adds, across all its workers: trials already in the study
     do not count; a queued baseline or a dead worker's trial run again counts like a new one.
+    After them, each arm's leader is trained with --replicates more seeds (as `lorasweep confirm`
+    does), and the verdict is printed with its uncertainty and saved as the study's note.
     """
     from lorasweep.search_space import load_space
     from lorasweep.workers import check_run, pin_cpus, run_sweep, worker_command
 
     pin_cpus()  # a worker started by --workers runs on its own cores
-    from lorasweep.study import open_study, queue_arm, storage_label
+    from lorasweep.study import queue_arm, storage_label
     from lorasweep.study import storage as open_storage
 
-    heartbeat = (heartbeat_interval, grace_period)
+    start = time.monotonic()
     with user_errors():
         gpus = check_run(n_trials, timeout, workers, devices)
+        if replicates < 0:
+            raise ConfigError(f"--replicates is {replicates}; allowed: an integer >= 0 (0: none)")
         searched = load_space(space).with_config(
             options.overrides(model, domain, general, probes, trust_remote_code)
         )
-        fixed = TrialConfig.from_dict(searched.config, str(space))
+        TrialConfig.from_dict(searched.config, str(space))
         quiet_libraries()
         # connect first: a bad or unreachable storage is answered in seconds, before any model loads
-        store = open_storage(storage, heartbeat=heartbeat)
+        store = open_storage(storage, heartbeat=(heartbeat_interval, grace_period))
     # imported only now: bad input is answered before torch is loaded
-    from lorasweep.display import print_best, trial_line
-    from lorasweep.objective import TRIAL_FAILURES, make_objective
-    from lorasweep.prepare import prepare
+    from lorasweep.display import print_best
+    from lorasweep.objective import TRIAL_FAILURES
+    from lorasweep.sweep import conclude, replicate, session
 
-    with progress() as bars:
-        build = bars.add_task("base model", total=None)
-
-        def on_build_step(step: int, total: int) -> None:
-            bars.update(build, completed=step, total=total, description="building base model")
-
-        # the base model and data load before the study is touched: a bad model or data path
-        # leaves no study behind
-        with user_errors():
-            prepared = prepare(fixed, cache_dir, on_build_step)
-            opened = open_study(study, store, searched, seed, base_metrics=prepared.base_metrics)
-        bars.update(build, visible=False)
-        finished = sum(t.state.is_finished() for t in opened.trials)
+    with user_errors(), session(searched, study, store, seed, cache_dir, artifact_dir, workers == 1) as s:
+        finished = sum(t.state.is_finished() for t in s.study.trials)
         say(
             f"study {study} in {storage_label(storage)}: {finished} trials so far, adding {n_trials} "
             f"from {space}" + (f" with {min(workers, n_trials)} workers" if workers > 1 else ""),
-            bars.console,
+            s.bars.console,
         )
-        trials = bars.add_task("trials", total=n_trials)
-        steps = bars.add_task("steps", total=None, visible=workers == 1)
-
-        def on_trial(frozen) -> None:
-            bars.advance(trials)
-            say(trial_line(frozen), bars.console)
-
-        objective = make_objective(
-            searched, lambda s, n: bars.update(steps, completed=s, total=n), cache_dir, artifact_dir
-        )
+        s.bars.update(s.task, total=n_trials, visible=True)
         command = worker_command(ctx)
-        code, message = run_sweep(
-            opened,
-            objective,
-            command,
-            n_trials,
-            timeout,
-            seed,
-            workers,
-            gpus,
-            on_trial,
-            before_trial=lambda s: queue_arm(s, searched),
-            catch=TRIAL_FAILURES,
-        )
-        if code in (130, 143):
-            bars.stop()
-        if message:
-            say(message, err_console)
-        if code:
-            raise typer.Exit(code)
-    print_best(opened)
+
+        def run(n: int, seconds: float | None) -> None:
+            code, message = run_sweep(
+                s.study,
+                s.objective,
+                command,
+                n,
+                seconds,
+                seed,
+                workers,
+                gpus,
+                s.on_trial,
+                before_trial=lambda study: queue_arm(study, searched),
+                catch=TRIAL_FAILURES,
+            )
+            _stop_on(code, message, s.bars)
+
+        run(n_trials, timeout)
+        left = None if timeout is None else timeout - (time.monotonic() - start)
+        if replicates and (left is None or left > 0):
+            replicate(s, searched.forget_tolerance, 1, replicates, lambda n: run(n, left))
+    print_best(s.study)
+    conclude(s.study)
     say(f"\nopen the dashboard:  {dashboard_command(storage, artifact_dir)}")
+
+
+def _stop_on(code: int, message: str, bars) -> None:
+    """After trials ran: the word on how they ended; a non-zero code ends the command."""
+    if code in (130, 143):
+        bars.stop()
+    if message:
+        say(message, err_console)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
+def confirm(
+    study: options.StudyName = None,
+    storage: options.Storage = DEFAULT_STORAGE,
+    top: options.Top = 1,
+    seeds: options.Seeds = 2,
+    forget_tolerance: options.ForgetTolerance = None,
+    artifact_dir: options.ArtifactDir = DEFAULT_ARTIFACT_DIR,
+    cache_dir: options.CacheDir = None,
+) -> None:
+    """Train each arm's leaders again with more seeds; print the verdict with its uncertainty.
+
+    The replicates are trials of the study, tagged `replicate_of`; the sampler never sees them.
+    """
+    from lorasweep.confirm import check
+    from lorasweep.study import load_study, recorded_space
+    from lorasweep.study import storage as open_storage
+
+    with user_errors():
+        check(top, seeds)
+        quiet_libraries(training=False)
+        loaded = load_study(storage, study)
+        searched = recorded_space(loaded, "confirm its leaders")
+        TrialConfig.from_dict(searched.config, f"study '{loaded.study_name}' config")
+        store = open_storage(storage, heartbeat=(HEARTBEAT_S, GRACE_S))
+    tolerance = searched.forget_tolerance if forget_tolerance is None else forget_tolerance
+    quiet_libraries()
+    from lorasweep.objective import TRIAL_FAILURES
+    from lorasweep.sweep import conclude, replicate, session
+    from lorasweep.workers import run_sweep
+
+    with user_errors(), session(searched, loaded.study_name, store, 0, cache_dir, artifact_dir) as s:
+
+        def run(n: int) -> None:  # here, in this process: no sampler seed or workers involved
+            code, message = run_sweep(
+                s.study, s.objective, [], n, None, 0, 1, None, s.on_trial, catch=TRIAL_FAILURES
+            )
+            _stop_on(code, message, s.bars)
+
+        replicate(s, tolerance, top, seeds, run)
+    conclude(s.study, tolerance)
 
 
 @app.command()
@@ -155,6 +197,7 @@ def best(
     """
     from lorasweep.display import best_summary, print_best
     from lorasweep.study import load_study
+    from lorasweep.verdict import verdict
 
     with user_errors():
         quiet_libraries(training=False)
@@ -163,6 +206,7 @@ def best(
         print(json.dumps(best_summary(loaded), indent=2))
     else:
         print_best(loaded)
+        say("\n" + "\n".join(verdict(loaded).lines))
 
 
 @app.command()
@@ -182,6 +226,7 @@ def report(
     from lorasweep.artifacts import attach
     from lorasweep.report import default_out, write_report
     from lorasweep.study import load_study
+    from lorasweep.verdict import save_note, verdict
 
     with user_errors():
         quiet_libraries(training=False)
@@ -189,6 +234,9 @@ def report(
         target = out or default_out(loaded.study_name)
     files = write_report(loaded, target, forget_tolerance)
     attach(loaded, files, artifact_dir)
+    found = verdict(loaded, forget_tolerance)
+    if found.arms:  # the dashboard's note: the verdict as of this report
+        save_note(loaded, found)
     say(f"wrote {target / 'report.md'} and {len(files) - 1} plots; uploaded to the study's artifacts")
     for gap in gaps(loaded, forget_tolerance):
         say(f"note: {gap}")

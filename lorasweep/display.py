@@ -15,8 +15,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from lorasweep.analysis import describe
 from lorasweep.records import Gap, TrialResult, forget_of, objective_attr, study_gaps, trial_gaps, value_names
+from lorasweep.replicates import REPLICATE_OF
 from lorasweep.study import best_trials, dashboard_target, objective_of
+from lorasweep.verdict import summary, verdict
 
 console = Console(soft_wrap=True)  # never break a printed command or URL across lines
 err_console = Console(stderr=True, soft_wrap=True)
@@ -72,19 +75,11 @@ def trial_line(frozen: optuna.trial.FrozenTrial) -> str:
         )
         return f"trial {frozen.number}: {frozen.state.name.lower()} ({reason})"
     forget = forget_of(frozen)
+    replica = f"  (trial {attrs[REPLICATE_OF]}, seed {attrs.get('seed')})" if REPLICATE_OF in attrs else ""
     return (
-        f"trial {frozen.number}: {describe(attrs.get('config', {}))}  "
+        f"trial {frozen.number}: {describe(attrs.get('config', {}))}{replica}  "
         f"learn {frozen.values[0]:.3f}  forget {float('nan') if forget is None else forget:+.3f}  "
         f"({attrs.get('wall_s', 0):.0f}s)"
-    )
-
-
-def describe(config: dict) -> str:
-    if config.get("method") == "full":
-        return f"full lr={config.get('learning_rate', 0):.1e}"
-    return (
-        f"{config.get('method')} r={config.get('rank')} a={config.get('alpha') or 0:g} "
-        f"{config.get('target_modules')} lr={config.get('learning_rate', 0):.1e}"
     )
 
 
@@ -163,7 +158,13 @@ def best_summary(study: optuna.Study) -> dict:
         for t in front
     ]
     missing = [asdict(gap) for gap in best_gaps(study, front)]
-    return {"study": study.study_name, "objective": objective_of(study), "trials": trials, "missing": missing}
+    return {
+        "study": study.study_name,
+        "objective": objective_of(study),
+        "trials": trials,
+        "missing": missing,
+        "verdict": summary(verdict(study)),
+    }
 
 
 def named_values(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> dict[str, float]:

@@ -2,7 +2,10 @@
 
 Every claim, its source and the rule behind its verdict are written out in docs/claims.md; the
 functions here are that page in code, in the same order. A claim the study has no data for says
-"not enough trials" and what it needs.
+"not enough trials" and what it needs; one whose numbers seed noise could have produced says
+"not distinguishable from noise". The noise is measured by the study's replicates (several seeds of
+one configuration, pooled over configurations: uncertainty.pooled); a study without replicates
+gives single-seed verdicts and says its noise is not measured.
 """
 
 from __future__ import annotations
@@ -13,9 +16,13 @@ from dataclasses import dataclass
 from functools import partial
 
 from lorasweep.analysis import Row, best_lr, front, plural, spearman
+from lorasweep.uncertainty import LEVEL, Noise, pooled, spearman_interval
 
 NOT_ENOUGH = "not enough trials"
+CONFIRMS, CONTRADICTS, NOISE = "confirms", "contradicts", "not distinguishable from noise"
 REGRET = "LoRA Without Regret"
+WEAK = 0.3  # a correlation whose whole interval lies within ±WEAK is no relationship
+UNMEASURED = "seed noise not measured: no replicates (lorasweep confirm adds them)"
 
 
 @dataclass
@@ -23,9 +30,31 @@ class Finding:
     """One claim, as this study's trials answer it."""
 
     claim: str
-    verdict: str  # confirms, contradicts, or NOT_ENOUGH
+    verdict: str  # CONFIRMS, CONTRADICTS, NOISE or NOT_ENOUGH
     evidence: str  # the study's own numbers, or what the claim needs
     source: str  # the paper, as docs/claims.md cites it
+    uncertainty: str = ""  # what the verdict's margin rests on
+
+
+@dataclass
+class Noises:
+    """The study's seed noise of learn and of forget (None: not measured)."""
+
+    learn: Noise | None
+    forget: Noise | None
+
+    def describe(self, metric: str) -> str:
+        noise = getattr(self, metric)
+        if noise is None:
+            return UNMEASURED
+        return (
+            f"{metric} seed noise sd {noise.sd:.3f} over {plural(noise.configurations, 'replicated configuration')}"
+            f" ({noise.dof} degrees of freedom)"
+        )
+
+
+def noises(rows: list[Row]) -> Noises:
+    return Noises(pooled([r.learn_seeds for r in rows]), pooled([r.forget_seeds for r in rows]))
 
 
 def findings(rows: list[Row], tolerance: float | None) -> list[Finding]:
@@ -34,32 +63,45 @@ def findings(rows: list[Row], tolerance: float | None) -> list[Finding]:
     for r in rows:
         by_method[r.method].append(r)
     lora, full = by_method.get("lora", []), by_method.get("full", [])
+    noise = noises(rows)
     return [
-        all_linear_beats_qv(lora),
+        all_linear_beats_qv(lora, noise),
         *(higher_lr_forgets_more(method, group) for method, group in sorted(by_method.items())),
-        lora_lr_is_ten_times_full(lora, full, tolerance),
-        lora_forgets_less(lora, full),
+        lora_lr_is_ten_times_full(lora, full, tolerance, noise),
+        lora_forgets_less(lora, full, noise),
         replay_lowers_forgetting(rows),
     ]
 
 
-def all_linear_beats_qv(lora: list[Row]) -> Finding:
-    """Claim 1: at each rank tried on both, all-linear's best learn is above q,v's."""
+def side(difference: float, noise: Noise | None, a: Row, b: Row) -> int:
+    """+1 or -1 when `difference` (a's metric minus b's) is beyond seed noise that way, else 0.
+
+    Without measured noise, the sign of the difference (0 for a tie).
+    """
+    if noise is None:
+        return (difference > 0) - (difference < 0)
+    margin = noise.margin(a.seeds, b.seeds)
+    return 1 if difference > margin else -1 if difference < -margin else 0
+
+
+def all_linear_beats_qv(lora: list[Row], noise: Noises) -> Finding:
+    """Claim 1: at each rank tried on both, all-linear's best learn is above q,v's beyond noise."""
     answer = partial(Finding, "All-linear LoRA learns more than q,v-only at equal rank", source=REGRET)
     ranks = {r.rank for r in lora if r.targets == "all-linear"} & {r.rank for r in lora if r.targets == "qv"}
     if not ranks:
         return answer(NOT_ENOUGH, "needs LoRA trials on all-linear and qv at a shared rank")
-    pairs = []
+    sides, parts = [], []
     for rank in sorted(ranks):
-        a = max(r.learn for r in lora if r.rank == rank and r.targets == "all-linear")
-        q = max(r.learn for r in lora if r.rank == rank and r.targets == "qv")
-        pairs.append((rank, a, q))
-    verdict = "confirms" if all(a > q for _, a, q in pairs) else "contradicts"
-    return answer(verdict, "; ".join(f"rank {k}: {a:.3f} vs {q:.3f}" for k, a, q in pairs))
+        a = max((r for r in lora if r.rank == rank and r.targets == "all-linear"), key=lambda r: r.learn)
+        q = max((r for r in lora if r.rank == rank and r.targets == "qv"), key=lambda r: r.learn)
+        sides.append(side(a.learn - q.learn, noise.learn, a, q))
+        parts.append(f"rank {rank}: {a.learn:.3f} vs {q.learn:.3f}" + _beyond(sides[-1], noise.learn))
+    verdict = CONFIRMS if all(s > 0 for s in sides) else CONTRADICTS if any(s < 0 for s in sides) else NOISE
+    return answer(verdict, "; ".join(parts), uncertainty=noise.describe("learn"))
 
 
 def higher_lr_forgets_more(method: str, group: list[Row]) -> Finding:
-    """Claim 2: within a method, forget rises with the LR (Spearman above 0.3)."""
+    """Claim 2: within a method, forget rises with the LR (Spearman's interval above 0)."""
     answer = partial(Finding, f"Within {method}, a higher LR forgets more", source="2308.04014")
     if len({r.learning_rate for r in group}) < 4:
         return answer(NOT_ENOUGH, f"{plural(len(group), 'trial')}; needs 4 or more learning rates")
@@ -67,27 +109,46 @@ def higher_lr_forgets_more(method: str, group: list[Row]) -> Finding:
     peak = max(group, key=lambda r: r.learn).learning_rate
     rising = [r for r in group if r.learning_rate <= peak]
     learn_rho = spearman([r.learning_rate for r in rising], [r.learn for r in rising])
+    verdict, interval = _correlation(rho, len(group), claimed=+1)
     return answer(
-        "confirms" if rho > 0.3 else "contradicts",
+        verdict,
         f"Spearman(lr, forget) = {_rho(rho)} over {len(group)} trials; "
         f"Spearman(lr, learn) up to the best LR = {_rho(learn_rho)}",
+        uncertainty=interval,
     )
 
 
-def lora_lr_is_ten_times_full(lora: list[Row], full: list[Row], tolerance: float | None) -> Finding:
-    """Claim 3: the best feasible LoRA LR over the best feasible full-FT LR lies in [3, 30]."""
+def lora_lr_is_ten_times_full(
+    lora: list[Row], full: list[Row], tolerance: float | None, noise: Noises
+) -> Finding:
+    """Claim 3: the best feasible LoRA LR over the best feasible full-FT LR lies in [3, 30].
+
+    With measured noise, every LR whose learn is within noise of its method's best could be the
+    best: the ratio is then a range, and the verdict needs all of it on one side.
+    """
     answer = partial(Finding, "Best LoRA LR is about 10x the best full-FT LR", source=REGRET)
     best_l, best_f = best_lr(lora, tolerance), best_lr(full, tolerance)
     swept = all(len({r.learning_rate for r in g}) >= 3 for g in (lora, full))
     if not (best_l and best_f and swept):
         return answer(NOT_ENOUGH, "needs feasible LoRA and full-FT trials at 3 or more learning rates each")
     ratio = best_l[0] / best_f[0]
-    verdict = "confirms" if 3 <= ratio <= 30 else "contradicts"
-    return answer(verdict, f"LoRA {best_l[0]:.2e} / full {best_f[0]:.2e} = {ratio:.1f}x")
+    evidence = f"LoRA {best_l[0]:.2e} / full {best_f[0]:.2e} = {ratio:.1f}x"
+    if noise.learn is None:
+        return answer(CONFIRMS if 3 <= ratio <= 30 else CONTRADICTS, evidence, uncertainty=UNMEASURED)
+    tied_l, tied_f = _tied(lora, tolerance, noise.learn), _tied(full, tolerance, noise.learn)
+    low, high = min(tied_l) / max(tied_f), max(tied_l) / min(tied_f)
+    verdict = CONFIRMS if 3 <= low and high <= 30 else CONTRADICTS if high < 3 or low > 30 else NOISE
+    return answer(
+        verdict,
+        f"{evidence}; LRs within noise of the best: LoRA {_span(tied_l)}, full {_span(tied_f)}, "
+        f"ratio {low:.1f}x to {high:.1f}x",
+        uncertainty=noise.describe("learn"),
+    )
 
 
-def lora_forgets_less(lora: list[Row], full: list[Row]) -> Finding:
-    """Claim 4: matched at equal learning, LoRA's front forgets less than full FT's at most points."""
+def lora_forgets_less(lora: list[Row], full: list[Row], noise: Noises) -> Finding:
+    """Claim 4: matched at equal learning, LoRA's front forgets less than full FT's at most points,
+    each difference beyond noise."""
     answer = partial(Finding, "At equal learning, LoRA forgets less than full FT", source="Biderman et al.")
     lora_front = front(lora)
     comparable = [(f, [r for r in lora_front if r.learn >= f.learn]) for f in front(full)]
@@ -96,22 +157,57 @@ def lora_forgets_less(lora: list[Row], full: list[Row]) -> Finding:
         return answer(
             NOT_ENOUGH, "needs 2 or more full-FT front points matched by LoRA points that learn as much"
         )
-    wins = sum(c.forget < f.forget for f, c in matched)
+    sides = [side(f.forget - c.forget, noise.forget, f, c) for f, c in matched]
+    wins, losses = sides.count(1), sides.count(-1)
+    verdict = CONFIRMS if wins * 2 > len(matched) else CONTRADICTS if losses * 2 > len(matched) else NOISE
     return answer(
-        "confirms" if wins * 2 > len(matched) else "contradicts",
-        f"LoRA forgets less at {wins} of {len(matched)} full-FT front points "
-        "(matched at learn >= the full-FT point's)",
+        verdict,
+        f"LoRA forgets less at {wins} and more at {losses} of {len(matched)} full-FT front points"
+        + ("" if noise.forget is None else " beyond noise")
+        + " (matched at learn >= the full-FT point's)",
+        uncertainty=noise.describe("forget"),
     )
 
 
 def replay_lowers_forgetting(rows: list[Row]) -> Finding:
-    """Claim 5: over all trials, forget falls as replay rises (Spearman below -0.3)."""
+    """Claim 5: over all trials, forget falls as replay rises (Spearman's interval below 0)."""
     answer = partial(Finding, "More replay lowers forgetting", source="critical mixture ratio, 2407.17467")
-    if len({r.replay for r in rows}) < 3:
-        return answer(NOT_ENOUGH, "needs 3 or more replay ratios")
+    if len({r.replay for r in rows}) < 3 or len(rows) < 4:
+        return answer(NOT_ENOUGH, "needs 3 or more replay ratios over 4 or more trials")
     rho = spearman([r.replay for r in rows], [r.forget for r in rows])
-    verdict = "confirms" if rho < -0.3 else "contradicts"
-    return answer(verdict, f"Spearman(replay, forget) = {rho:+.2f}")
+    verdict, interval = _correlation(rho, len(rows), claimed=-1)
+    return answer(
+        verdict, f"Spearman(replay, forget) = {_rho(rho)} over {len(rows)} trials", uncertainty=interval
+    )
+
+
+def _correlation(rho: float, n: int, claimed: int) -> tuple[str, str]:
+    """A correlation claimed positive (+1) or negative (-1), by its LEVEL interval: on the claimed
+    side of 0, confirms; on the other side, or within ±WEAK (no relationship), contradicts."""
+    if math.isnan(rho):
+        return CONTRADICTS, "one value on an axis: no relationship"
+    low, high = spearman_interval(rho, n)
+    interval = f"{LEVEL:.0%} interval {low:+.2f} to {high:+.2f} (Fisher z)"
+    if low > 0 if claimed > 0 else high < 0:
+        return CONFIRMS, interval
+    if (high < 0 if claimed > 0 else low > 0) or (-WEAK < low and high < WEAK):
+        return CONTRADICTS, interval
+    return NOISE, interval
+
+
+def _tied(rows: list[Row], tolerance: float | None, noise: Noise) -> list[float]:
+    """The LRs of feasible rows whose learn is within seed noise of the best one's."""
+    feasible = [r for r in rows if tolerance is None or r.forget <= tolerance]
+    top = max(feasible, key=lambda r: r.learn)
+    return [r.learning_rate for r in feasible if top.learn - r.learn <= noise.margin(top.seeds, r.seeds)]
+
+
+def _span(lrs: list[float]) -> str:
+    return f"{min(lrs):.1e}" if min(lrs) == max(lrs) else f"{min(lrs):.1e}..{max(lrs):.1e}"
+
+
+def _beyond(sign: int, noise: Noise | None) -> str:
+    return "" if noise is None else (" (within noise)" if sign == 0 else " (beyond noise)")
 
 
 def _rho(value: float) -> str:

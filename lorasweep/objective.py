@@ -14,10 +14,13 @@ A configuration the study has already completed is not trained again: a sampler 
 once more (TPE does, often, on a space of choices) gets the trial pruned at step 0 as a duplicate
 (`duplicate_of`). Pruned rather than given the earlier result, as Optuna's FAQ advises, so the
 sampler moves on instead of proposing it again and again; the earlier trial keeps the result.
+A replicate (replicates.py) is that configuration trained on purpose with another seed: it runs
+with its `replicate_seed`, to the end (no pruner stops it), and is no one's duplicate.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import tempfile
 from collections.abc import Callable
@@ -30,6 +33,7 @@ from lorasweep.artifacts import attach
 from lorasweep.config import write_trial_yaml
 from lorasweep.optuna_private import write_intermediate_value
 from lorasweep.pruning import should_prune
+from lorasweep.replicates import is_replicate, replicate_seed
 from lorasweep.search_space import SearchSpace
 from lorasweep.train import NonFiniteLoss
 from lorasweep.trial import run_trial
@@ -57,11 +61,15 @@ def make_objective(
 
     def objective(trial: optuna.Trial) -> float | tuple[float, float]:
         evaluations = 0
+        frozen = trial.study.get_trials(deepcopy=False)[trial.number]
+        seed = replicate_seed(frozen)
 
         def on_eval(step: int, learn: float, forget: float) -> None:
             nonlocal evaluations
             index, evaluations = evaluations, evaluations + 1
             report(trial, step, learn)
+            if seed is not None:  # a replicate measures its configuration to the end
+                return
             if constrained and trial.should_prune():
                 prune(trial, step, f"{space.pruner['name']} pruner: learn {learn:.3f} at step {step}")
             if dominance:
@@ -77,7 +85,6 @@ def make_objective(
                         f"evaluation {index + 1} (step {step}) dominated by >= {k} completed trials",
                     )
 
-        frozen = trial.study.get_trials(deepcopy=False)[trial.number]
         retried = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
         if retried is not None:  # a dead worker's trial, run again: shown in the dashboard
             trial.set_user_attr("retry_of", retried)
@@ -85,9 +92,11 @@ def make_objective(
             trial.set_user_attr("retry_history", history)
         try:
             config = space.suggest(trial)
+            if seed is not None:
+                config = dataclasses.replace(config, seed=seed)
             trial.set_user_attr("method", config.method)
             trial.set_user_attr("config", config.to_dict())  # replaced by the resolved one below
-            earlier = completed_with_same_params(trial)
+            earlier = None if seed is not None else completed_with_same_params(trial)
             if earlier is not None:
                 trial.set_user_attr("duplicate_of", earlier.number)
                 prune(
@@ -140,15 +149,17 @@ def prune(trial: optuna.Trial, step: int, reason: str) -> None:
 def completed_with_same_params(trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
     """The first completed trial of the study that was given the same parameters, if any."""
     for earlier in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        if earlier.params == trial.params:
+        if earlier.params == trial.params and not is_replicate(earlier):
             return earlier
     return None
 
 
 def completed_curves(study: optuna.Study) -> list[list[tuple[float, float]]]:
-    """(learn, forget) at each evaluation point of every completed trial, in step order."""
+    """(learn, forget) at each evaluation point of every completed configuration, in step order."""
     curves = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if is_replicate(t):
+            continue
         learn, forget = t.user_attrs.get("learn_curve"), t.user_attrs.get("forget_curve")
         if learn and forget:
             steps = sorted(learn, key=int)

@@ -25,6 +25,7 @@ from lorasweep.plots import plot, write_html
 from lorasweep.records import value_names
 from lorasweep.study import objective_of
 from lorasweep.validation import ConfigError
+from lorasweep.verdict import verdict
 
 MIN_TRIALS_FOR_IMPORTANCE = 8
 
@@ -59,10 +60,11 @@ def write_report(study: optuna.Study, out: Path, tolerance: float | None = None)
             lines += ["", "## Parameter importances", "", *_importances(study)]
     else:
         files = plot(rows, out) + files
+        lines += ["## Verdict", "", *verdict(study, tolerance).lines, ""]
         lines += _findings(findings(rows, tolerance))
         lines += ["", "## Pareto front", "", "![learn / forget](pareto.png)", ""]
         lines += _table(
-            ["trial", "method", "rank", "targets", "lr", "replay", "learn", "forget"],
+            ["trial", "method", "rank", "targets", "lr", "replay", "learn", "forget", "seeds"],
             [_cells(r) for r in sorted(study_front(study, rows), key=lambda r: -r.learn)],
         )
         lines += _learning_rates(rows, tolerance)
@@ -106,8 +108,8 @@ def _summary(study: optuna.Study, tolerance: float | None, states: Counter) -> l
 def _findings(found: list[Finding]) -> list[str]:
     """The claims' table; docs/claims.md in the lorasweep repository explains each verdict."""
     return ["## Findings", ""] + _table(
-        ["claim (docs/claims.md)", "verdict", "evidence"],
-        [[f"{f.claim} ({f.source})", f.verdict, f.evidence] for f in found],
+        ["claim (docs/claims.md)", "verdict", "evidence", "uncertainty"],
+        [[f"{f.claim} ({f.source})", f.verdict, f.evidence, f.uncertainty or "-"] for f in found],
     )
 
 
@@ -210,6 +212,7 @@ def _cells(r: Row) -> list[str]:
         f"{r.replay:g}",
         f"{r.learn:.3f}",
         f"{r.forget:+.3f}",
+        str(r.seeds),
     ]
 
 

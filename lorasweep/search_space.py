@@ -175,9 +175,12 @@ class SearchSpace:
 
 def load_space(path: Path) -> SearchSpace:
     """Read and validate a search-space file; every problem is a one-line ConfigError."""
-    path = Path(path)
+    return parse_space(load_yaml(Path(path)), Path(path))
+
+
+def parse_space(raw: Any, path: Path) -> SearchSpace:
+    """A search space from its mapping (a file as read, or the copy a study records)."""
     src = str(path)
-    raw = load_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{src}: a search space must be a mapping with keys {', '.join(SPACE_KEYS)}")
     for key in raw:

@@ -15,7 +15,8 @@ import optuna
 from sqlalchemy.exc import SQLAlchemyError
 
 from lorasweep import __version__
-from lorasweep.search_space import SearchSpace
+from lorasweep.replicates import WithoutReplicates, is_replicate
+from lorasweep.search_space import SearchSpace, parse_space
 from lorasweep.validation import ConfigError
 
 DEFAULT_STORAGE = "sqlite:///results/lorasweep.db"
@@ -155,7 +156,7 @@ def open_study(
     # random points; the seed actually used is recorded per run.
     started = sum(t.state != optuna.trial.TrialState.WAITING for t in study.trials)
     sampler_seed = seed + started
-    study.sampler = space.make_sampler(sampler_seed)
+    study.sampler = WithoutReplicates(space.make_sampler(sampler_seed))
     study.pruner = space.make_pruner()
     runs = list(study.user_attrs.get("sampler_runs", []))
     runs.append({**space.sampler, "seed": sampler_seed, "first_trial": started})
@@ -184,7 +185,8 @@ def queue_arm(study: optuna.Study, space: SearchSpace) -> None:
     counts = dict.fromkeys(arms, 0)
     for t in trials:
         arm = t.user_attrs.get("arm", t.params.get(space.compare))
-        if arm in counts and not (t.state == optuna.trial.TrialState.FAIL and t.number in retried):
+        retry = t.state == optuna.trial.TrialState.FAIL and t.number in retried
+        if arm in counts and not retry and not is_replicate(t):
             counts[arm] += 1
     arm = min(arms, key=lambda a: counts[a])  # min keeps the first of equal counts
     study.enqueue_trial({space.compare: arm}, user_attrs={"arm": arm})
@@ -212,19 +214,38 @@ def load_study(url: str, name: str | None) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=store)
 
 
+def recorded_space(study: optuna.Study, purpose: str) -> SearchSpace:
+    """The search space the study was created with (recorded by open_study)."""
+    raw = study.user_attrs.get("space")
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"study '{study.study_name}' has no recorded search space (study attr 'space'): "
+            f"it was not created by lorasweep optimize, cannot {purpose}"
+        )
+    return parse_space(raw, Path(study.user_attrs.get("space_path", "recorded space")))
+
+
 def objective_of(study: optuna.Study) -> str:
     """The study's objective mode; a study without lorasweep's attrs is read by its directions."""
     return study.user_attrs.get("objective", "pareto" if len(study.directions) >= 2 else "constrained")
 
 
 def best_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """The Pareto front, by learn (pareto), or the best feasible trial (constrained)."""
+    """The Pareto front, by its first value (pareto), or the best feasible trial (constrained).
+
+    Among the configurations searched: a replicate (another seed of one of them) is not one.
+    """
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if not complete:
-        return []
+    complete = [t for t in complete if not is_replicate(t)]
+    # lorasweep maximizes learn and minimizes forget; a plain Optuna study may go either way
+    signs = [1 if d == optuna.study.StudyDirection.MAXIMIZE else -1 for d in study.directions]
     if objective_of(study) == "constrained":
         feasible = [t for t in complete if all(c <= 0 for c in t.constraints.values())]
-        # lorasweep maximizes learn; a plain Optuna study may minimize its value
-        sign = 1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1
-        return [max(feasible, key=lambda t: sign * t.values[0])] if feasible else []
-    return sorted(study.best_trials, key=lambda t: -t.values[0])
+        return [max(feasible, key=lambda t: signs[0] * t.values[0])] if feasible else []
+
+    def dominates(a: optuna.trial.FrozenTrial, b: optuna.trial.FrozenTrial) -> bool:
+        pairs = [(s * x, s * y) for s, x, y in zip(signs, a.values, b.values)]
+        return all(x >= y for x, y in pairs) and any(x > y for x, y in pairs)
+
+    front = [t for t in complete if not any(dominates(u, t) for u in complete)]
+    return sorted(front, key=lambda t: -signs[0] * t.values[0])

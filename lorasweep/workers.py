@@ -47,8 +47,9 @@ POLL_S = 2.0  # how often a worker that has nothing left to start looks at the s
 
 
 INTERRUPTED = "interrupted: the running {} marked failed; run again to resume"
-# options the parent sets per worker (or that only the parent reads), never passed on as given
-PER_WORKER = ("workers", "devices", "n_trials", "seed")
+# options the parent sets per worker (or that only the parent reads), never passed on as given;
+# replicates: workers only run trials, the parent queues the replicates after the search
+PER_WORKER = ("workers", "devices", "n_trials", "seed", "replicates")
 
 
 class Interrupted(KeyboardInterrupt):
@@ -249,6 +250,7 @@ def run_workers(
             if devices:
                 env["CUDA_VISIBLE_DEVICES"] = devices[i]
             argv = [*command, "--n-trials", str(n_trials), "--seed", str(seed + i * SEED_STRIDE)]
+            argv += ["--replicates", "0"]
             # a new session: Ctrl-C reaches the parent only, which passes it on once
             procs.append(
                 subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)

@@ -191,8 +191,12 @@ def cli(*args: str, cwd: Path, env_cache: Path) -> subprocess.CompletedProcess:
 
 
 def optimize(tmp_path: Path, space: Path | str, *args: str) -> str:
-    """`lorasweep optimize` on `space` (in this process), into tmp_path/s.db; returns the storage URL."""
+    """`lorasweep optimize` on `space` (in this process), into tmp_path/s.db; returns the storage URL.
+
+    Without replicates unless `args` asks for them: a test counts the trials it asked for.
+    """
     url = f"sqlite:///{tmp_path}/s.db"
+    args = args if "--replicates" in args else (*args, "--replicates", "0")
     result = invoke("optimize", "--space", str(space), "--storage", url, *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     return url

@@ -67,8 +67,17 @@ def test_optimize_records_a_complete_study(two_trial_study):
     study = optuna.load_study(study_name="tiny", storage=storage)
     assert study.metric_names == ["learn", "forget"]
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
-    trials = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
-    assert len(trials) == 2
+    complete = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
+    assert len(complete) == 6
+    trials, replicas = complete[:2], complete[2:]
+    # then each method's leader (here: its one trial) again with seeds 1 and 2, and the verdict
+    assert sorted((t.user_attrs["replicate_of"], t.user_attrs["seed"]) for t in replicas) == [
+        (0, 1),
+        (0, 2),
+        (1, 1),
+        (1, 2),
+    ]
+    assert "Verdict on method" in result.stdout and "3 seeds" in result.stdout
     # the two baselines run first: full FT, then LoRA rank 4 all-linear
     assert [t.user_attrs["method"] for t in trials] == ["full", "lora"]
     assert trials[1].user_attrs["target_modules_resolved"] == [
@@ -100,12 +109,12 @@ def test_optimize_records_a_complete_study(two_trial_study):
 
 def test_optimize_resumes_an_existing_study(two_trial_study, tmp_path, tiny_space):
     storage = copy_of(two_trial_study, tmp_path)
-    result = invoke(*tiny_args(tiny_space, storage, 1), cwd=tmp_path)
+    result = invoke(*tiny_args(tiny_space, storage, 1), "--replicates", "0", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "2 trials so far" in result.stdout
+    assert "6 trials so far" in result.stdout
     study = optuna.load_study(study_name="tiny", storage=storage)
-    assert len(study.trials) == 3
-    assert [r["first_trial"] for r in study.user_attrs["sampler_runs"]] == [0, 2]
+    assert len(study.trials) == 7
+    assert [r["first_trial"] for r in study.user_attrs["sampler_runs"]] == [0, 6]
 
 
 def test_recorded_config_runs_again_with_the_same_result(two_trial_study, tmp_path):
@@ -228,7 +237,8 @@ def test_every_shipped_space_runs_on_the_test_world(shipped, tmp_path, tiny_worl
     path = tmp_path / shipped.name
     path.write_text(yaml.safe_dump(space, sort_keys=False))
     storage = f"sqlite:///{tmp_path}/study.db"
-    result = invoke("optimize", "--space", str(path), "--n-trials", "2", "--storage", storage, cwd=tmp_path)
+    args = ("--space", str(path), "--n-trials", "2", "--storage", storage, "--replicates", "0")
+    result = invoke("optimize", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     trials = optuna.load_study(study_name="default", storage=storage).trials
     ran = [t for t in trials if t.state != optuna.trial.TrialState.WAITING]  # baselines may wait their turn

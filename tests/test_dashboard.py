@@ -27,7 +27,7 @@ def served(tmp_path_factory, cache_dir):
     url = f"sqlite:///{path}/s.db"
     artifacts = str(path / "artifacts")
     common = ("--storage", url, "--artifact-dir", artifacts)
-    for args in (("optimize", "--space", "space.yaml", "--n-trials", "1"), ("report",)):
+    for args in (("optimize", "--space", "space.yaml", "--n-trials", "1", "--replicates", "0"), ("report",)):
         result = invoke(*args, *common, cwd=path)
         assert result.returncode == 0, result.stderr
     port = free_port()

@@ -19,7 +19,7 @@ def test_a_journal_file_holds_a_study_that_the_reading_commands_open(tmp_path, c
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(TINY_SPACE, sort_keys=False))
     url = "journal:///results/s.journal"  # relative to the working directory, like sqlite:///
     args = ["--space", "space.yaml", "--storage", url, "--workers", "2", "--n-trials", "2"]
-    result = invoke("optimize", *args, cwd=tmp_path)
+    result = invoke("optimize", *args, "--replicates", "0", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "optuna-dashboard results/s.journal" in result.stdout  # what optuna-dashboard opens
     trials = optuna.load_study(

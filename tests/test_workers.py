@@ -45,17 +45,33 @@ def test_four_workers_share_one_sqlite_study(tmp_path, cache_dir, prepared):
 
 
 def four_workers_share_one_study(url: str, tmp_path, cache_dir) -> None:
-    """`optimize --workers 4 --n-trials 8` on `url`: 8 complete trials, none lost or repeated, and
-    the methods (`compare: method`) 4 each, as the workers take turns."""
+    """`optimize --workers 4 --n-trials 8 --replicates 1` on `url`: 8 complete trials, none lost or
+    repeated, the methods (`compare: method`) 4 each, as the workers take turns; then each
+    method's leader once more, with seed 1, by the same workers."""
     space = {**TINY_SPACE, "compare": "method"}
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
-    args = ["--space", "space.yaml", "--storage", url, "--workers", "4", "--n-trials", "8"]
+    args = [
+        "--space",
+        "space.yaml",
+        "--storage",
+        url,
+        "--workers",
+        "4",
+        "--n-trials",
+        "8",
+        "--replicates",
+        "1",
+    ]
     result = cli("optimize", *args, cwd=tmp_path, env_cache=cache_dir)
     assert result.returncode == 0, result.stderr
     assert "s3cret" not in result.stdout + result.stderr  # the password is masked wherever printed
     assert "adding 8 from space.yaml with 4 workers" in " ".join(result.stdout.split())  # rich wraps
     trials = optuna.load_study(study_name="default", storage=url).trials
-    assert [t.state.name for t in trials] == ["COMPLETE"] * 8  # none lost, none extra
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 10  # none lost, none extra
+    trials, replicas = trials[:8], trials[8:]
+    assert sorted(trials[t.user_attrs["replicate_of"]].params["method"] for t in replicas) == ["full", "lora"]
+    assert [t.user_attrs["seed"] for t in replicas] == [1, 1]
+    assert "Verdict on method" in result.stdout
     assert sorted(t.number for t in trials) == list(range(8))
     for baseline in TINY_SPACE["baselines"]:  # each enqueued baseline ran exactly once
         ran = [t for t in trials if all(t.user_attrs["config"][k] == v for k, v in baseline.items())]
@@ -77,7 +93,8 @@ def test_a_worker_killed_mid_trial_is_taken_over_and_the_run_reaches_its_total(t
     url = f"sqlite:///{tmp_path}/s.db"
     parent = subprocess.Popen(
         [sys.executable, "-m", "lorasweep", "optimize", "--space", "space.yaml", "--storage", url]
-        + ["--workers", "2", "--n-trials", "4", "--heartbeat-interval", "1", "--grace-period", "3"],
+        + ["--workers", "2", "--n-trials", "4", "--heartbeat-interval", "1", "--grace-period", "3"]
+        + ["--replicates", "0"],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

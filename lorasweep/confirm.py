@@ -1,0 +1,76 @@
+"""Which configurations get replicates, and with which seeds.
+
+    lorasweep confirm                     # each arm's leader, topped up to 2 replicates
+    lorasweep confirm --top 3 --seeds 4   # each arm's 3 leaders, topped up to 4 replicates each
+    lorasweep optimize --replicates 2     # the same for each arm's leader, after the search
+
+An arm's leaders are its configurations on the (learn up, forget down) front, within the forget
+tolerance when there is one, by learn: the first is the arm's best learner. A configuration
+already replicated is ranked by its mean over seeds, so confirming again after a leader's mean fell
+moves on to the next one. `--seeds S` tops each leader up to S replicates: running it twice adds
+nothing; raising S adds the difference. Seeds are the smallest not yet used for that configuration.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import TrialState
+
+from lorasweep.analysis import Row, front, rows_of
+from lorasweep.replicates import REPLICATE_OF, REPLICATE_SEED, replicate_seed
+from lorasweep.validation import ConfigError
+
+DIVERGED = "NonFiniteLoss"  # a replicate that failed this way measured its seed: it diverged
+
+
+@dataclass
+class Replicate:
+    """One queued replicate: the trial it repeats and the seed it trains with."""
+
+    of: int
+    seed: int
+
+
+def check(top: int, seeds: int) -> None:
+    if top < 1:
+        raise ConfigError(f"--top is {top}; allowed: an integer >= 1")
+    if seeds < 1:
+        raise ConfigError(f"--seeds is {seeds}; allowed: an integer >= 1")
+
+
+def leaders(study: optuna.Study, tolerance: float | None, top: int) -> list[Row]:
+    """Each arm's `top` leaders, arm by arm in the order their first trials ran."""
+    by_arm: dict[object, list[Row]] = defaultdict(list)
+    for row in rows_of(study):
+        if tolerance is None or row.forget <= tolerance:
+            by_arm[row.arm].append(row)
+    return [r for rows in by_arm.values() for r in sorted(front(rows), key=lambda r: -r.learn)[:top]]
+
+
+def measured(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a replicate holds (or will hold) its seed's outcome: queued, running, complete, or
+    diverged. One interrupted or failed otherwise is run again with the same seed."""
+    if trial.state == TrialState.FAIL:
+        return str(trial.user_attrs.get("fail_reason", "")).startswith(DIVERGED)
+    return trial.state != TrialState.PRUNED
+
+
+def queue_replicates(study: optuna.Study, rows: list[Row], seeds: int) -> list[Replicate]:
+    """Queue what tops each configuration of `rows` up to `seeds` replicates; returns them."""
+    trials = study.get_trials(deepcopy=False)
+    queued = []
+    for row in rows:
+        leader = trials[row.number]
+        own = [t for t in trials if t.user_attrs.get(REPLICATE_OF) == row.number and measured(t)]
+        used = {leader.user_attrs["config"].get("seed", 0), *(replicate_seed(t) for t in own)}
+        new = [s for s in range(len(used) + seeds) if s not in used][: seeds - len(own)]
+        for seed in new:
+            arm = {} if row.arm is None else {"arm": row.arm}
+            study.enqueue_trial(
+                leader.params, user_attrs={REPLICATE_OF: row.number, REPLICATE_SEED: seed, **arm}
+            )
+            queued.append(Replicate(row.number, seed))
+    return queued

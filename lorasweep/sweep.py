@@ -1,0 +1,89 @@
+"""The trials of one command, shown as they run: `lorasweep optimize` and `lorasweep confirm`.
+
+Both load the base model and data before the study is touched (a bad model or data path leaves no
+study behind), open the study, and run trials of one objective under progress bars, printing a line
+per finished trial; both end with the study's verdict, printed and saved as its dashboard note.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from rich.progress import Progress, TaskID
+
+from lorasweep.config import TrialConfig
+from lorasweep.confirm import leaders, queue_replicates
+from lorasweep.display import progress, say, trial_line
+from lorasweep.objective import make_objective
+from lorasweep.prepare import prepare
+from lorasweep.search_space import SearchSpace
+from lorasweep.study import open_study
+from lorasweep.verdict import save_note, verdict
+
+
+@dataclass
+class Session:
+    study: optuna.Study
+    objective: Callable[[optuna.Trial], Any]
+    bars: Progress
+    task: TaskID  # the trials this command runs
+
+    def on_trial(self, frozen: optuna.trial.FrozenTrial) -> None:
+        self.bars.advance(self.task)
+        say(trial_line(frozen), self.bars.console)
+
+
+@contextmanager
+def session(
+    space: SearchSpace,
+    name: str,
+    store: optuna.storages.BaseStorage,
+    seed: int,
+    cache_dir: Path | None,
+    artifact_dir: Path | None,
+    steps_shown: bool = True,
+) -> Iterator[Session]:
+    """Base model and data prepared, the study opened, progress bars for trials and steps."""
+    with progress() as bars:
+        build = bars.add_task("base model", total=None)
+
+        def on_build_step(step: int, total: int) -> None:
+            bars.update(build, completed=step, total=total, description="building base model")
+
+        prepared = prepare(TrialConfig.from_dict(space.config, str(space.path)), cache_dir, on_build_step)
+        study = open_study(name, store, space, seed, base_metrics=prepared.base_metrics)
+        bars.update(build, visible=False)
+        task = bars.add_task("trials", total=None, visible=False)
+        steps = bars.add_task("steps", total=None, visible=steps_shown)
+        objective = make_objective(
+            space, lambda s, n: bars.update(steps, completed=s, total=n), cache_dir, artifact_dir
+        )
+        yield Session(study, objective, bars, task)
+
+
+def replicate(s: Session, tolerance: float | None, top: int, seeds: int, run: Callable[[int], Any]) -> None:
+    """Queue the replicates of each arm's `top` leaders (confirm.py) and run them with `run(n)`."""
+    queued = queue_replicates(s.study, leaders(s.study, tolerance, top), seeds)
+    if not queued:
+        say(f"no replicate to add: each leader has {seeds} already", s.bars.console)
+        return
+    of = sorted({q.of for q in queued})
+    say(
+        f"replicating trial{'s' * (len(of) > 1)} {', '.join(map(str, of))} "
+        f"(each arm's leader{'s' * (top > 1)}): {len(queued)} more seeds",
+        s.bars.console,
+    )
+    s.bars.reset(s.task, description="replicates", total=len(queued), visible=True)
+    run(len(queued))
+
+
+def conclude(study: optuna.Study, tolerance: float | None = None) -> None:
+    """Print the study's verdict and save it as the study's note in optuna-dashboard."""
+    found = verdict(study, tolerance)
+    say("\n" + "\n".join(found.lines))
+    save_note(study, found)

@@ -1,0 +1,89 @@
+"""The claims' verdicts with seed noise, on constructed configurations (docs/claims.md)."""
+
+from lorasweep.analysis import Row
+from lorasweep.findings import CONFIRMS, CONTRADICTS, NOISE, UNMEASURED, findings
+
+
+def row(number, method, lr, seeds, rank=None, targets=None, replay=0.0) -> Row:
+    """A configuration with (learn, forget) per seed; its values are the means."""
+    learns, forgets = tuple(s[0] for s in seeds), tuple(s[1] for s in seeds)
+    return Row(
+        number,
+        method,
+        lr,
+        rank,
+        targets,
+        replay,
+        sum(learns) / len(learns),
+        sum(forgets) / len(forgets),
+        0,
+        0,
+        0.0,
+        learn_seeds=learns,
+        forget_seeds=forgets,
+    )
+
+
+def by_claim(rows, tolerance=None) -> dict:
+    return {f.claim: f for f in findings(rows, tolerance)}
+
+
+ALL_LINEAR = "All-linear LoRA learns more than q,v-only at equal rank"
+RATIO = "Best LoRA LR is about 10x the best full-FT LR"
+FULL_LR = "Within full, a higher LR forgets more"
+
+
+def test_a_difference_within_seed_noise_gets_no_verdict():
+    # seed noise: learn sd 0.05 (pooled over the two replicated configurations, 4 dof)
+    a = row(0, "lora", 3e-3, [(0.60, 0.5), (0.70, 0.5), (0.65, 0.5)], 16, "all-linear")
+    q = row(1, "lora", 3e-3, [(0.55, 0.5), (0.65, 0.5), (0.60, 0.5)], 16, "qv")
+    found = by_claim([a, q])[ALL_LINEAR]
+    assert found.verdict == NOISE
+    assert found.evidence == "rank 16: 0.650 vs 0.600 (within noise)"
+    assert (
+        found.uncertainty
+        == "learn seed noise sd 0.050 over 2 replicated configurations (4 degrees of freedom)"
+    )
+    # margin t(4) * 0.05 * sqrt(2/3) = 0.113: a difference of 0.2 is beyond it
+    far = row(1, "lora", 3e-3, [(0.40, 0.5), (0.50, 0.5), (0.45, 0.5)], 16, "qv")
+    assert by_claim([a, far])[ALL_LINEAR].verdict == CONFIRMS
+    assert (
+        by_claim([far, row(0, "lora", 3e-3, [(0.2, 0.5)], 16, "all-linear")])[ALL_LINEAR].verdict
+        == CONTRADICTS
+    )
+
+
+def test_without_replicates_the_verdict_is_single_seed_and_says_so():
+    a = row(0, "lora", 3e-3, [(0.65, 0.5)], 16, "all-linear")
+    q = row(1, "lora", 3e-3, [(0.60, 0.5)], 16, "qv")
+    found = by_claim([a, q])[ALL_LINEAR]
+    assert (found.verdict, found.uncertainty) == (CONFIRMS, UNMEASURED)
+
+
+def test_best_lr_ratio_is_a_range_when_several_lrs_tie_within_noise():
+    noisy = [(0.63, 0.5), (0.67, 0.5)]  # sd 0.028 on both replicated configurations
+    full = [
+        row(0, "full", 1e-4, [(0.2, 0.1)]),
+        row(1, "full", 3e-4, noisy),
+        row(2, "full", 1e-3, [(0.66, 0.6)]),
+    ]
+    lora = [
+        row(3, "lora", 1e-3, [(0.2, 0.2)]),
+        row(4, "lora", 3e-3, noisy),
+        row(5, "lora", 1e-2, [(0.3, 1.0)]),
+    ]
+    found = by_claim(full + lora)[RATIO]
+    # full's best (0.66 at 1e-3) ties with 3e-4 (0.65): the ratio is 3x to 10x, inside [3, 30]
+    assert found.verdict == CONFIRMS
+    assert found.evidence.endswith("LoRA 3.0e-03, full 3.0e-04..1.0e-03, ratio 3.0x to 10.0x")
+    lora[2] = row(5, "lora", 1e-1, [(0.64, 1.0)])  # LoRA's best could be 1e-1 too: 3x to 333x
+    assert by_claim(full + lora)[RATIO].verdict == NOISE
+
+
+def test_a_correlation_is_judged_by_its_interval():
+    lrs = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
+    rising = [row(i, "full", lr, [(0.5, 0.1 * i)]) for i, lr in enumerate(lrs)]
+    found = by_claim(rising)[FULL_LR]
+    assert found.verdict == CONFIRMS and found.uncertainty.startswith("95% interval +")
+    wobbly = [row(i, "full", lr, [(0.5, f)]) for i, (lr, f) in enumerate(zip(lrs, [0.1, 0.3, 0.2, 0.5, 0.4]))]
+    assert by_claim(wobbly)[FULL_LR].verdict == NOISE  # rho 0.8 over 5 points: interval spans 0
