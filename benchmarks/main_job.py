@@ -35,14 +35,27 @@ def main() -> None:
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     url = f"sqlite:///{args.out.resolve()}"
-    print("| seed | wall | trials (full/LoRA) | LoRA leader: learn, forget | full FT leader: learn, forget | winner |")
+    print(
+        "| seed | wall | trials (full/LoRA) | LoRA leader: learn, forget | full FT leader: learn, forget | winner |"
+    )
     print("|---|---|---|---|---|---|")
     lora_means, winners = [], []
     for seed in range(args.seeds):
         name = f"main-seed{seed}"
         start = time.monotonic()
         subprocess.run(
-            [sys.executable, "-m", "lorasweep", "optimize", "--seed", str(seed), "--study", name, "--storage", url],
+            [
+                sys.executable,
+                "-m",
+                "lorasweep",
+                "optimize",
+                "--seed",
+                str(seed),
+                "--study",
+                name,
+                "--storage",
+                url,
+            ],
             cwd=ROOT,
             check=True,
             stdout=subprocess.DEVNULL,
@@ -57,7 +70,9 @@ def main() -> None:
         for arm in ("LoRA", "full FT"):
             a = arms.get(arm)
             cells.append(
-                "-" if a is None else f"{a.label} ({a.learn.n} seeds): {a.learn.text()}, {a.forget.text(signed=True)}"
+                "-"
+                if a is None
+                else f"{a.label} ({a.learn.n} seeds): {a.learn.text()}, {a.forget.text(signed=True)}"
             )
         lora_means.append(arms["LoRA"].learn.mean if "LoRA" in arms else float("nan"))
         winners.append(found.winner or "none")

@@ -1,4 +1,4 @@
-"""The two places lorasweep reaches past Optuna's public API, kept here so an Optuna upgrade that
+"""The places lorasweep reaches past Optuna's public API, kept here so an Optuna upgrade that
 moves them breaks one small module, with the reason each is needed beside it.
 """
 
@@ -25,3 +25,18 @@ def heartbeats_enabled(study: optuna.Study) -> bool:
     worker asks it to know whether a dead worker's trial will be failed and queued again.
     """
     return is_heartbeat_enabled(study._storage)
+
+
+def rdb_engine(study: optuna.Study):
+    """The SQLAlchemy engine of an RDB storage (None for another storage).
+
+    Optuna wraps an RDBStorage in a private cache; claim_lock.py needs the engine to take a
+    database lock (PostgreSQL) or to find the SQLite file.
+    """
+    backend = getattr(study._storage, "_backend", study._storage)
+    return backend.engine if isinstance(backend, optuna.storages.RDBStorage) else None
+
+
+def journal_path(study: optuna.Study) -> str:
+    """The file of a journal storage on a file (claim_lock.py locks one beside it)."""
+    return study._storage._backend._file_path

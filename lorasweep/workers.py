@@ -17,7 +17,6 @@ it again, and the other workers wait for that before they stop, so the run still
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import socket
@@ -26,23 +25,23 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import optuna
 import typer
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from lorasweep.claim_lock import claim_lock
 from lorasweep.optuna_private import heartbeats_enabled
 from lorasweep.validation import ConfigError
 
 SEED_STRIDE = 1_000_003  # worker i samples with seed + i * SEED_STRIDE: no two workers draw alike
 CPUS_ENV = "LORASWEEP_CPUS"  # the cores a worker pins itself to (`pin_cpus`), e.g. "0,1"
 RUN_ENV = "LORASWEEP_RUN"  # the run whose trials a worker counts (its parent's)
-LOCK_ENV = "LORASWEEP_LOCK"  # a file the run's workers lock while one of them claims a trial
 POLL_S = 2.0  # how often a worker that has nothing left to start looks at the study
 
 
@@ -180,46 +179,37 @@ def run_trials(
     """Optuna's `study.optimize`, one trial at a time, until this run has `n_trials` trials.
 
     The run is the parent's (`LORASWEEP_RUN`) in a worker, a new one otherwise. A trial taken
-    from Optuna's queue (a baseline, a dead worker's trial) counts like a new one. Local workers
-    claim trials under a file lock, so they never start more than `n_trials` between them; with
+    from Optuna's queue (a baseline, a dead worker's trial) counts like a new one. Processes claim
+    trials under the study's claim lock (claim_lock.py), so a run's workers never start more than
+    `n_trials` between them, and processes of other runs, here or on other machines, see every
+    trial the one before them created; with
     heartbeats on, a worker with nothing left to start waits while the run's other trials are
     running, to take over any whose worker dies. `before_trial(study)` runs under the same lock
     just before each trial starts (study.queue_arm: which arm it belongs to).
     """
     run = os.environ.get(RUN_ENV) or uuid.uuid4().hex[:12]
     worker = f"{socket.gethostname()}:{os.getpid()}"
-    lock_path = os.environ.get(LOCK_ENV)
     heartbeats = heartbeats_enabled(study)
     start = time.monotonic()
-    with open(lock_path, "a") if lock_path else open(os.devnull) as lock:
+    while timeout is None or time.monotonic() - start < timeout:
+        with claim_lock(study) as release:
+            counted, running = tally(study, run)
+            if counted < n_trials:
+                if before_trial is not None:
+                    before_trial(study)
 
-        def claimed(trial: optuna.Trial) -> Any:
-            trial.set_user_attr("run", run)
-            trial.set_user_attr("worker", worker)
-            fcntl.flock(lock, fcntl.LOCK_UN)  # the trial counts now: the next worker may claim
-            return objective(trial)
+                def claimed(trial: optuna.Trial, release=release) -> Any:
+                    trial.set_user_attr("run", run)
+                    trial.set_user_attr("worker", worker)
+                    release()  # the trial counts now: the next process may claim
+                    return objective(trial)
 
-        while timeout is None or time.monotonic() - start < timeout:
-            with _locked(lock):
-                counted, running = tally(study, run)
-                if counted < n_trials:
-                    if before_trial is not None:
-                        before_trial(study)
-                    study.optimize(claimed, n_trials=1, **optimize_kwargs)
-                    continue
-            if not (heartbeats and running):
-                return
-            time.sleep(POLL_S)
-            optuna.storages.fail_stale_trials(study)  # a dead worker's trial, queued again
-
-
-@contextmanager
-def _locked(lock: IO) -> Iterator[None]:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    try:
-        yield
-    finally:
-        fcntl.flock(lock, fcntl.LOCK_UN)
+                study.optimize(claimed, n_trials=1, **optimize_kwargs)
+                continue
+        if not (heartbeats and running):
+            return
+        time.sleep(POLL_S)
+        optuna.storages.fail_stale_trials(study)  # a dead worker's trial, queued again
 
 
 def run_workers(
@@ -246,7 +236,6 @@ def run_workers(
         procs = []
         for i, (cpus, log) in enumerate(zip(cpu_sets(workers), logs)):
             env = {**os.environ, CPUS_ENV: ",".join(map(str, cpus)), RUN_ENV: run}
-            env[LOCK_ENV] = str(logdir / "claim.lock")
             if devices:
                 env["CUDA_VISIBLE_DEVICES"] = devices[i]
             argv = [*command, "--n-trials", str(n_trials), "--seed", str(seed + i * SEED_STRIDE)]
