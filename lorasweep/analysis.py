@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -38,10 +38,19 @@ class Row:
     arm: Any = None  # its value of the compared param (compare_of)
     learn_seeds: tuple[float, ...] = ()  # each seed's learn, the searching trial's first
     forget_seeds: tuple[float, ...] = ()
+    lawa_learn_seeds: tuple[float, ...] = ()  # each seed's LAWA learn, where it recorded one
+    config: dict[str, Any] = field(default_factory=dict)  # the searching trial's resolved config
 
     @property
     def seeds(self) -> int:
         return max(1, len(self.learn_seeds))
+
+
+def leader(rows: list[Row]) -> Row:
+    """The configuration with the highest mean learn, among those with replicates if any has them
+    (a single lucky seed does not outrank a measured mean)."""
+    replicated = [r for r in rows if r.seeds > 1]
+    return max(replicated or rows, key=lambda r: r.learn)
 
 
 def rows_of(study: optuna.Study) -> list[Row]:
@@ -74,6 +83,10 @@ def rows_of(study: optuna.Study) -> list[Row]:
                 arm=arm_of(t, compare),
                 learn_seeds=learns,
                 forget_seeds=forgets,
+                lawa_learn_seeds=tuple(
+                    s.user_attrs["lawa_learn"] for s in seeds if "lawa_learn" in s.user_attrs
+                ),
+                config=c,
             )
         )
     return rows

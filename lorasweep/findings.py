@@ -15,13 +15,15 @@ from collections import defaultdict
 from dataclasses import dataclass
 from functools import partial
 
-from lorasweep.analysis import Row, best_lr, front, plural, spearman
-from lorasweep.uncertainty import LEVEL, Noise, pooled, spearman_interval
+from lorasweep.analysis import Row, best_lr, front, leader, plural, spearman
+from lorasweep.uncertainty import LEVEL, Noise, mean_interval, pooled, spearman_interval, welch_interval
 
 NOT_ENOUGH = "not enough trials"
 CONFIRMS, CONTRADICTS, NOISE = "confirms", "contradicts", "not distinguishable from noise"
 REGRET = "LoRA Without Regret"
 WEAK = 0.3  # a correlation whose whole interval lies within ±WEAK is no relationship
+ALIKE = 0.05  # two configurations "learn alike" when their difference in learn is surely within this
+HU = "LoRA, 2106.09685"
 UNMEASURED = "seed noise not measured: no replicates (lorasweep confirm adds them)"
 
 
@@ -70,6 +72,11 @@ def findings(rows: list[Row], tolerance: float | None) -> list[Finding]:
         lora_lr_is_ten_times_full(lora, full, tolerance, noise),
         lora_forgets_less(lora, full, noise),
         replay_lowers_forgetting(rows),
+        ranks_learn_alike(lora, noise),
+        alpha_is_an_lr(lora, noise),
+        warmup_matters_little(rows, noise),
+        lawa_helps_early(rows),
+        sqrt_scaling_holds_learn(rows, noise),
     ]
 
 
@@ -179,6 +186,128 @@ def replay_lowers_forgetting(rows: list[Row]) -> Finding:
     return answer(
         verdict, f"Spearman(replay, forget) = {_rho(rho)} over {len(rows)} trials", uncertainty=interval
     )
+
+
+def ranks_learn_alike(lora: list[Row], noise: Noises) -> Finding:
+    """Claim 6: rank 8 and rank 32 (same targets and alpha ratio), each at its best, learn alike."""
+    answer = partial(Finding, "On small data, LoRA rank 8 and rank 32 learn alike", source=f"{HU}; {REGRET}")
+    return _alike(answer, lora, "rank", (8, 32), noise)
+
+
+def alpha_is_an_lr(lora: list[Row], noise: Noises) -> Finding:
+    """Claim 7: alpha = rank and alpha = 2 x rank, each at its best LR, learn alike."""
+    answer = partial(Finding, "Alpha = rank and alpha = 2 x rank learn alike at their best LRs", source=HU)
+    return _alike(answer, lora, "alpha/rank", (1.0, 2.0), noise)
+
+
+def warmup_matters_little(rows: list[Row], noise: Noises) -> Finding:
+    """Claim 8: the shortest and the longest warmup tried, within one method, learn alike."""
+    answer = partial(Finding, "Warmup length matters little at the full budget", source="2308.04014")
+    for method in sorted({r.method for r in rows}):
+        warmups = sorted({r.config.get("warmup_ratio") for r in rows if r.method == method} - {None})
+        if len(warmups) >= 2:
+            group = [r for r in rows if r.method == method]
+            return _alike(answer, group, "warmup_ratio", (warmups[0], warmups[-1]), noise)
+    return answer(NOT_ENOUGH, "needs trials of one method at 2 or more warmup ratios")
+
+
+def lawa_helps_early(rows: list[Row]) -> Finding:
+    """Claim 9: at a constant LR and the shortest budget tried, LAWA's weights learn more than the
+    final ones (the mean paired difference over seeds, by its interval)."""
+    answer = partial(Finding, "LAWA beats the final weights early, at a constant LR", source="2306.03241")
+    constant = [
+        r for r in rows if r.config.get("schedule") == "constant" and len(r.lawa_learn_seeds) == r.seeds
+    ]
+    if not constant:
+        return answer(NOT_ENOUGH, "needs constant-LR trials that record LAWA (lawa_k > 0)")
+    shortest = min(r.config.get("train_tokens", 0) for r in constant)
+    early = leader([r for r in constant if r.config.get("train_tokens", 0) == shortest])
+    gains = [avg - final for avg, final in zip(early.lawa_learn_seeds, early.learn_seeds)]
+    evidence = (
+        f"trial {early.number} ({shortest} tokens): LAWA {sum(early.lawa_learn_seeds) / len(gains):.3f} vs "
+        f"final {early.learn:.3f} over {plural(len(gains), 'seed')}"
+    )
+    interval = mean_interval(gains)
+    if interval is None:
+        return answer(NOT_ENOUGH, evidence + "; needs its replicates (lorasweep confirm)")
+    low, high = interval
+    verdict = CONFIRMS if low > 0 else CONTRADICTS if high < 0 or (-ALIKE < low and high < ALIKE) else NOISE
+    return answer(
+        verdict, evidence, uncertainty=f"{LEVEL:.0%} interval of the gain {low:+.3f} to {high:+.3f}"
+    )
+
+
+def sqrt_scaling_holds_learn(rows: list[Row], noise: Noises) -> Finding:
+    """Claim 10: over the batch sizes tried, learn varies less with sqrt LR scaling than without."""
+    answer = partial(
+        Finding, "LR scaled by sqrt(batch ratio) holds learn across batch sizes", source="2205.10287"
+    )
+    spans = {}
+    for scaling in ("none", "sqrt"):
+        by_batch: dict[int, list[Row]] = defaultdict(list)
+        for r in rows:
+            if r.config.get("lr_scaling", "none") == scaling:
+                by_batch[r.config.get("batch_size")].append(r)
+        if len(by_batch) < 2:
+            return answer(
+                NOT_ENOUGH, "needs trials with lr_scaling none and sqrt, each at 2 or more batch sizes"
+            )
+        best = [leader(group) for group in by_batch.values()]
+        spans[scaling] = (min(best, key=lambda r: r.learn), max(best, key=lambda r: r.learn))
+    span = {k: high.learn - low.learn for k, (low, high) in spans.items()}
+    evidence = f"learn range over batch sizes: sqrt {span['sqrt']:.3f}, none {span['none']:.3f}"
+    if noise.learn is None:
+        verdict = CONFIRMS if span["sqrt"] < span["none"] else CONTRADICTS
+        return answer(verdict, evidence, uncertainty=UNMEASURED)
+    # each range is a difference of two means: its noise, and that of the difference of ranges
+    margin = math.hypot(*(noise.learn.margin(low.seeds, high.seeds) for low, high in spans.values()))
+    gap = span["none"] - span["sqrt"]
+    verdict = CONFIRMS if gap > margin else CONTRADICTS if gap < -margin else NOISE
+    return answer(
+        verdict,
+        f"{evidence} (difference {gap:+.3f}, noise margin {margin:.3f})",
+        uncertainty=noise.describe("learn"),
+    )
+
+
+def _alike(answer, rows: list[Row], field: str, values: tuple, noise: Noises) -> Finding:
+    """Whether the best configurations at two values of a config field (or alpha/rank) learn
+    alike: the interval of their difference in learn (Welch's, or from the pooled seed noise)
+    within ±ALIKE confirms; wholly outside it contradicts."""
+    groups = [[r for r in rows if _value(r, field) == value] for value in values]
+    if not all(groups):
+        return answer(NOT_ENOUGH, f"needs trials at {field} {values[0]} and at {values[1]}")
+    a, b = (leader(g) for g in groups)
+    evidence = (
+        f"{field} {values[0]}: {a.learn:.3f} (trial {a.number}, {plural(a.seeds, 'seed')}) vs "
+        f"{values[1]}: {b.learn:.3f} (trial {b.number}, {plural(b.seeds, 'seed')})"
+    )
+    interval = welch_interval(a.learn_seeds, b.learn_seeds)
+    if interval is None and noise.learn is not None:
+        half = noise.learn.margin(a.seeds, b.seeds)
+        interval = (a.learn - b.learn - half, a.learn - b.learn + half)
+    if interval is None:
+        return answer(
+            NOT_ENOUGH, evidence + "; needs replicates to tell alike from noise (lorasweep confirm)"
+        )
+    low, high = interval
+    verdict = (
+        CONFIRMS
+        if -ALIKE <= low and high <= ALIKE
+        else CONTRADICTS
+        if low > ALIKE or high < -ALIKE
+        else NOISE
+    )
+    return answer(
+        verdict, evidence, uncertainty=f"{LEVEL:.0%} interval of the difference {low:+.3f} to {high:+.3f}"
+    )
+
+
+def _value(row: Row, field: str) -> object:
+    if field == "alpha/rank":
+        alpha, rank = row.config.get("alpha"), row.config.get("rank")
+        return alpha / rank if alpha and rank else None
+    return row.config.get(field)
 
 
 def _correlation(rho: float, n: int, claimed: int) -> tuple[str, str]:

@@ -88,3 +88,24 @@ def spearman_interval(rho: float, n: int) -> tuple[float, float]:
     z = math.atanh(max(-0.9999, min(0.9999, rho)))
     half = stats.norm.ppf(0.5 + LEVEL / 2) * 1.06 / math.sqrt(n - 3)
     return math.tanh(z - half), math.tanh(z + half)
+
+
+def welch_interval(a: Sequence[float], b: Sequence[float]) -> tuple[float, float] | None:
+    """LEVEL confidence interval of mean(a) - mean(b) by Welch's t (None: one value on a side)."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    diff = float(np.mean(a) - np.mean(b))
+    if np.std(a) == 0 and np.std(b) == 0:
+        return diff, diff
+    found = stats.ttest_ind(a, b, equal_var=False).confidence_interval(LEVEL)
+    return float(found.low), float(found.high)
+
+
+def mean_interval(values: Sequence[float]) -> tuple[float, float] | None:
+    """LEVEL confidence interval of the mean of `values` by Student's t (None: one value)."""
+    if len(values) < 2:
+        return None
+    if np.std(values) == 0:
+        return float(values[0]), float(values[0])
+    found = stats.ttest_1samp(values, 0.0).confidence_interval(LEVEL)
+    return float(found.low), float(found.high)

@@ -17,7 +17,7 @@ from typing import Any
 
 import optuna
 
-from lorasweep.analysis import Row, compare_of, describe, rows_of
+from lorasweep.analysis import Row, compare_of, describe, leader, rows_of
 from lorasweep.confirm import DIVERGED
 from lorasweep.replicates import REPLICATE_OF
 from lorasweep.uncertainty import LEVEL, Estimate, estimate, welch_p
@@ -109,10 +109,9 @@ def _represent(
     name: str, rows: list[Row], diverged: dict[int, int], trials: list[optuna.trial.FrozenTrial]
 ) -> ArmResult:
     """The arm's best configuration by mean learn, among those with replicates if any has them."""
-    replicated = [r for r in rows if r.seeds > 1]
-    best = max(replicated or rows, key=lambda r: r.learn)
+    best = leader(rows)
     singles = [r for r in rows if r.seeds == 1 and r.learn > best.learn]
-    better = max(singles, key=lambda r: r.learn) if replicated and singles else None
+    better = max(singles, key=lambda r: r.learn) if best.seeds > 1 and singles else None
     learn, forget = estimate(best.learn_seeds or (best.learn,)), estimate(best.forget_seeds or (best.forget,))
     label = describe(trials[best.number].user_attrs["config"])
     return ArmResult(name, label, best, learn, forget, diverged.get(best.number, 0), better)

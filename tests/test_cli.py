@@ -217,7 +217,7 @@ def test_run_with_a_bad_config_is_one_line(tmp_path):
     )
 
 
-SHIPPED = sorted((Path(__file__).resolve().parents[1] / "search_spaces").glob("*.yaml"))
+SHIPPED = sorted((Path(__file__).resolve().parents[1] / "search_spaces").glob("**/*.yaml"))
 
 
 @pytest.mark.parametrize("shipped", SHIPPED, ids=lambda p: p.name)

@@ -87,3 +87,63 @@ def test_a_correlation_is_judged_by_its_interval():
     assert found.verdict == CONFIRMS and found.uncertainty.startswith("95% interval +")
     wobbly = [row(i, "full", lr, [(0.5, f)]) for i, (lr, f) in enumerate(zip(lrs, [0.1, 0.3, 0.2, 0.5, 0.4]))]
     assert by_claim(wobbly)[FULL_LR].verdict == NOISE  # rho 0.8 over 5 points: interval spans 0
+
+
+def lora_row(number, seeds, **config) -> Row:
+    found = row(
+        number, "lora", config.get("learning_rate", 3e-3), seeds, config.get("rank", 16), "all-linear"
+    )
+    found.config = {"method": "lora", "rank": 16, "alpha": 32.0, "schedule": "cosine", **config}
+    return found
+
+
+def test_two_settings_learn_alike_only_when_the_interval_is_within_the_margin():
+    claim = "On small data, LoRA rank 8 and rank 32 learn alike"
+    r8 = lora_row(0, [(0.70, 0.5), (0.71, 0.5), (0.72, 0.5)], rank=8)
+    r32 = lora_row(1, [(0.70, 0.5), (0.72, 0.5), (0.71, 0.5)], rank=32)
+    found = by_claim([r8, r32])[claim]
+    assert found.verdict == CONFIRMS  # the same mean, sd 0.01: the interval is well within ±0.05
+    assert found.evidence == "rank 8: 0.710 (trial 0, 3 seeds) vs 32: 0.710 (trial 1, 3 seeds)"
+    assert found.uncertainty == "95% interval of the difference -0.023 to +0.023"
+    far = lora_row(1, [(0.50, 0.5), (0.52, 0.5), (0.51, 0.5)], rank=32)
+    assert by_claim([r8, far])[claim].verdict == CONTRADICTS  # 0.2 apart, surely more than 0.05
+    noisy = lora_row(1, [(0.60, 0.5), (0.80, 0.5), (0.70, 0.5)], rank=32)
+    assert by_claim([r8, noisy])[claim].verdict == NOISE
+    single = by_claim([lora_row(0, [(0.7, 0.5)], rank=8), lora_row(1, [(0.7, 0.5)], rank=32)])[claim]
+    assert single.verdict == "not enough trials" and "lorasweep confirm" in single.evidence
+    # alpha: read as alpha / rank from the resolved config
+    alpha = "Alpha = rank and alpha = 2 x rank learn alike at their best LRs"
+    ratios = [lora_row(0, [(0.70, 0.5), (0.71, 0.5)], alpha=16.0), lora_row(1, [(0.71, 0.5)], alpha=32.0)]
+    assert by_claim(ratios)[alpha].evidence.startswith("alpha/rank 1.0: 0.705 (trial 0, 2 seeds) vs 2.0")
+    # warmup: the shortest against the longest warmup of one method
+    warmup = [lora_row(i, [(0.7, 0.5), (0.72, 0.5)], warmup_ratio=w) for i, w in enumerate([0.0, 0.1, 0.3])]
+    assert by_claim(warmup)["Warmup length matters little at the full budget"].evidence.startswith(
+        "warmup_ratio 0.0: 0.710 (trial 0, 2 seeds) vs 0.3: 0.710 (trial 2, 2 seeds)"
+    )
+
+
+def test_lawa_early_is_judged_on_the_paired_gain_over_seeds():
+    claim = "LAWA beats the final weights early, at a constant LR"
+    early = lora_row(0, [(0.50, 0.5), (0.52, 0.5), (0.48, 0.5)], schedule="constant", train_tokens=37500)
+    early.lawa_learn_seeds = (0.58, 0.61, 0.55)  # +0.08, +0.09, +0.07
+    late = lora_row(1, [(0.70, 0.5)], schedule="constant", train_tokens=150000)
+    late.lawa_learn_seeds = (0.69,)
+    found = by_claim([early, late])[claim]
+    assert found.verdict == CONFIRMS
+    assert found.evidence == "trial 0 (37500 tokens): LAWA 0.580 vs final 0.500 over 3 seeds"
+    early.lawa_learn_seeds = (0.50, 0.52, 0.48)  # no gain at all
+    assert by_claim([early, late])[claim].verdict == CONTRADICTS
+
+
+def test_sqrt_scaling_is_judged_on_the_spread_over_batch_sizes():
+    claim = "LR scaled by sqrt(batch ratio) holds learn across batch sizes"
+    rows = []
+    for i, (scaling, batch, learn) in enumerate(
+        [("none", 8, 0.70), ("none", 64, 0.40), ("sqrt", 8, 0.69), ("sqrt", 64, 0.66)]
+    ):
+        rows.append(lora_row(i, [(learn, 0.5)], lr_scaling=scaling, batch_size=batch))
+    found = by_claim(rows)[claim]
+    assert (found.verdict, found.uncertainty) == (CONFIRMS, UNMEASURED)
+    assert found.evidence == "learn range over batch sizes: sqrt 0.030, none 0.300"
+    rows[0] = lora_row(0, [(0.70, 0.5), (0.50, 0.5)], lr_scaling="none", batch_size=8)  # sd 0.14
+    assert by_claim(rows)[claim].verdict == NOISE
