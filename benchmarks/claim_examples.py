@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
+
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = ROOT / "search_spaces" / "claims"
 
@@ -43,6 +45,8 @@ def main() -> None:
         steps = commands(SPACES / f"{name}.yaml")
         if not any(step[1] == "report" for step in steps):
             steps.append(["lorasweep", "report", "--study", name])
+        if name in optuna.get_all_study_names(args.storage):  # a fresh study: a rerun is comparable
+            optuna.delete_study(study_name=name, storage=args.storage)
         start = time.monotonic()
         for step in steps:
             argv = [sys.executable, "-m", "lorasweep", *step[1:], "--storage", args.storage]
@@ -50,7 +54,7 @@ def main() -> None:
                 argv += ["--out", f"results/examples/{name}"]
             subprocess.run(argv, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
         report = (ROOT / "results" / "examples" / name / "report.md").read_text()
-        verdict = report.split("## Verdict", 1)[1].split("## Findings", 1)[0].strip()
+        verdict = report.partition("## Verdict")[2].partition("## Findings")[0].strip() or "(no verdict)"
         print(f"## {name} ({(time.monotonic() - start) / 60:.1f} min)\n\n{verdict}\n", flush=True)
 
 

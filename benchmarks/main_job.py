@@ -42,6 +42,8 @@ def main() -> None:
     lora_means, winners = [], []
     for seed in range(args.seeds):
         name = f"main-seed{seed}"
+        if name in optuna.get_all_study_names(url):  # a fresh study each time: a rerun is comparable
+            optuna.delete_study(study_name=name, storage=url)
         start = time.monotonic()
         subprocess.run(
             [

@@ -13,7 +13,7 @@ import numpy as np
 import optuna
 
 from lorasweep.records import Gap, forget_of, has_record, objective_attr, study_gaps, trial_gaps
-from lorasweep.replicates import REPLICATE_OF, is_replicate
+from lorasweep.replicates import REPLICATE_OF, REPLICATE_SEED, is_replicate
 from lorasweep.study import best_trials
 
 COST_ATTRS = ("trainable_params", "peak_mem_bytes", "tokens_per_s")
@@ -57,17 +57,17 @@ def rows_of(study: optuna.Study) -> list[Row]:
     """The completed configurations the comparison can read: those with a config and a forget
     value, each with the seeds of its completed replicates."""
     compare = compare_of(study)
-    replicas = defaultdict(list)
-    for t in _compared(study):
+    replicas: dict[int, dict[int, optuna.trial.FrozenTrial]] = defaultdict(dict)
+    for t in _compared(study):  # one per seed: two commands may have run the same seed
         if is_replicate(t):
-            replicas[t.user_attrs[REPLICATE_OF]].append(t)
+            replicas[t.user_attrs[REPLICATE_OF]].setdefault(t.user_attrs.get(REPLICATE_SEED), t)
     rows = []
     for t in _compared(study):
         if is_replicate(t):
             continue
         a, c = t.user_attrs, t.user_attrs["config"]
         adapter = c["method"] != "full"
-        seeds = [t, *replicas[t.number]]
+        seeds = [t, *(r for seed, r in replicas[t.number].items() if seed != c.get("seed"))]
         learns, forgets = tuple(s.values[0] for s in seeds), tuple(forget_of(s) for s in seeds)
         rows.append(
             Row(

@@ -10,10 +10,12 @@ the same lock, whichever command or machine it runs on:
 
 - PostgreSQL: a session-level advisory lock keyed by the study name, on its own connection (every
   machine on the database; released by the server if the process dies).
-- SQLite and journal files: an fcntl lock on `<file>.lock` beside the database (every process on
-  the machine; these storages are not shared between machines).
+- SQLite and journal files: an fcntl lock on `<file>.claim-lock` beside the database file (every
+  process on the machine; these storages are not shared between machines). Not `<file>.lock`:
+  Optuna's journal storage takes that name for its own lock.
 - MySQL: an fcntl lock in the system temp directory, keyed by storage and study: processes on one
   machine only (balance across machines needs PostgreSQL).
+- A storage in memory: no lock (it lives in one process).
 """
 
 from __future__ import annotations
@@ -40,9 +42,13 @@ def claim_lock(study: optuna.Study) -> Iterator[Callable[[], None]]:
             yield release
         return
     if engine is not None and engine.dialect.name == "sqlite":
-        path = f"{engine.url.database}.lock"
+        path = f"{engine.url.database}.claim-lock"
     elif engine is None:
-        path = f"{journal_path(study)}.lock"
+        journal = journal_path(study)
+        if journal is None:
+            yield lambda: None
+            return
+        path = f"{journal}.claim-lock"
     else:
         digest = hashlib.sha256(f"{engine.url.render_as_string()}\0{study.study_name}".encode()).hexdigest()
         path = str(Path(tempfile.gettempdir()) / f"lorasweep-{digest[:16]}.lock")
@@ -57,20 +63,22 @@ def _key(name: str) -> int:
 
 @contextmanager
 def _advisory_lock(engine, key: int) -> Iterator[Callable[[], None]]:
-    with engine.connect() as connection:
-        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
-        held = True
+    """The lock on a connection of its own, in autocommit (no transaction left open while the trial
+    runs); released, and the connection given back, as soon as the trial is claimed."""
+    connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
 
-        def release() -> None:
-            nonlocal held
-            if held:
+    def release() -> None:
+        if not connection.closed:
+            try:
                 connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-                held = False
+            finally:
+                connection.close()  # closing also ends the lock if the unlock failed
 
-        try:
-            yield release
-        finally:
-            release()
+    try:
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        yield release
+    finally:
+        release()
 
 
 @contextmanager

@@ -73,13 +73,12 @@ def optimize(
     does), and the verdict is printed with its uncertainty and saved as the study's note.
     """
     from lorasweep.search_space import load_space
-    from lorasweep.workers import check_run, pin_cpus, run_sweep, worker_command
+    from lorasweep.workers import check_run, is_worker, pin_cpus, run_sweep, worker_command
 
     pin_cpus()  # a worker started by --workers runs on its own cores
     from lorasweep.study import queue_arm, storage_label
     from lorasweep.study import storage as open_storage
 
-    start = time.monotonic()
     with user_errors():
         gpus = check_run(n_trials, timeout, workers, devices)
         if replicates < 0:
@@ -94,6 +93,7 @@ def optimize(
     # imported only now: bad input is answered before torch is loaded
     from lorasweep.display import print_best
     from lorasweep.objective import TRIAL_FAILURES
+    from lorasweep.replicates import waiting_replicates
     from lorasweep.sweep import conclude, replicate, session
 
     with user_errors(), session(searched, study, store, seed, cache_dir, artifact_dir, workers == 1) as s:
@@ -106,7 +106,7 @@ def optimize(
         s.bars.update(s.task, total=n_trials, visible=True)
         command = worker_command(ctx)
 
-        def run(n: int, seconds: float | None) -> None:
+        def run(n: int, seconds: float | None, before_trial) -> None:
             code, message = run_sweep(
                 s.study,
                 s.objective,
@@ -117,15 +117,18 @@ def optimize(
                 workers,
                 gpus,
                 s.on_trial,
-                before_trial=lambda study: queue_arm(study, searched),
+                before_trial=before_trial,
                 catch=TRIAL_FAILURES,
             )
             _stop_on(code, message, s.bars)
 
-        run(n_trials, timeout)
+        start = time.monotonic()
+        run(n_trials, timeout, lambda study: queue_arm(study, searched))
         left = None if timeout is None else timeout - (time.monotonic() - start)
         if replicates and (left is None or left > 0):
-            replicate(s, searched.forget_tolerance, 1, replicates, lambda n: run(n, left))
+            replicate(s, searched.forget_tolerance, 1, replicates, lambda n: run(n, left, waiting_replicates))
+    if is_worker():  # the parent prints the answer, once
+        return
     print_best(s.study)
     conclude(s.study)
     say(f"\nopen the dashboard:  {dashboard_command(storage, artifact_dir)}")
@@ -169,6 +172,7 @@ def confirm(
     tolerance = searched.forget_tolerance if forget_tolerance is None else forget_tolerance
     quiet_libraries()
     from lorasweep.objective import TRIAL_FAILURES
+    from lorasweep.replicates import waiting_replicates
     from lorasweep.sweep import conclude, replicate, session
     from lorasweep.workers import run_sweep
 
@@ -176,7 +180,17 @@ def confirm(
 
         def run(n: int) -> None:  # here, in this process: no sampler seed or workers involved
             code, message = run_sweep(
-                s.study, s.objective, [], n, None, 0, 1, None, s.on_trial, catch=TRIAL_FAILURES
+                s.study,
+                s.objective,
+                [],
+                n,
+                None,
+                0,
+                1,
+                None,
+                s.on_trial,
+                before_trial=waiting_replicates,
+                catch=TRIAL_FAILURES,
             )
             _stop_on(code, message, s.bars)
 

@@ -20,10 +20,8 @@ import optuna
 from optuna.trial import TrialState
 
 from lorasweep.analysis import Row, front, rows_of
-from lorasweep.replicates import REPLICATE_OF, REPLICATE_SEED, replicate_seed
+from lorasweep.replicates import REPLICATE_OF, REPLICATE_SEED, diverged, replicate_seed
 from lorasweep.validation import ConfigError
-
-DIVERGED = "NonFiniteLoss"  # a replicate that failed this way measured its seed: it diverged
 
 
 @dataclass
@@ -54,23 +52,27 @@ def measured(trial: optuna.trial.FrozenTrial) -> bool:
     """Whether a replicate holds (or will hold) its seed's outcome: queued, running, complete, or
     diverged. One interrupted or failed otherwise is run again with the same seed."""
     if trial.state == TrialState.FAIL:
-        return str(trial.user_attrs.get("fail_reason", "")).startswith(DIVERGED)
+        return diverged(trial)
     return trial.state != TrialState.PRUNED
 
 
 def queue_replicates(study: optuna.Study, rows: list[Row], seeds: int) -> list[Replicate]:
-    """Queue what tops each configuration of `rows` up to `seeds` replicates; returns them."""
+    """Queue what tops each configuration of `rows` up to `seeds` replicates; returns those of
+    them still to run: the new ones and any queued before that have not started (an earlier
+    confirm interrupted). Call it under the study's claim lock, so that two commands finishing at
+    once do not queue the same seeds."""
     trials = study.get_trials(deepcopy=False)
-    queued = []
+    pending = []
     for row in rows:
         leader = trials[row.number]
         own = [t for t in trials if t.user_attrs.get(REPLICATE_OF) == row.number and measured(t)]
         used = {leader.user_attrs["config"].get("seed", 0), *(replicate_seed(t) for t in own)}
-        new = [s for s in range(len(used) + seeds) if s not in used][: seeds - len(own)]
+        pending += [Replicate(row.number, replicate_seed(t)) for t in own if t.state == TrialState.WAITING]
+        new = [s for s in range(len(used) + seeds) if s not in used][: max(0, seeds - len(own))]
         for seed in new:
             arm = {} if row.arm is None else {"arm": row.arm}
             study.enqueue_trial(
                 leader.params, user_attrs={REPLICATE_OF: row.number, REPLICATE_SEED: seed, **arm}
             )
-            queued.append(Replicate(row.number, seed))
-    return queued
+            pending.append(Replicate(row.number, seed))
+    return pending

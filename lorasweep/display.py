@@ -19,7 +19,6 @@ from lorasweep.analysis import describe
 from lorasweep.records import Gap, TrialResult, forget_of, objective_attr, study_gaps, trial_gaps, value_names
 from lorasweep.replicates import REPLICATE_OF
 from lorasweep.study import best_trials, dashboard_target, objective_of
-from lorasweep.verdict import summary, verdict
 
 console = Console(soft_wrap=True)  # never break a printed command or URL across lines
 err_console = Console(stderr=True, soft_wrap=True)
@@ -147,6 +146,8 @@ def best_gaps(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> li
 def best_summary(study: optuna.Study) -> dict:
     """`best --json`: the best trials' numbers, params, values by name and configs, and what the
     study lacks."""
+    from lorasweep.verdict import summary, verdict  # scipy: only for the commands that show a verdict
+
     front = best_trials(study)
     trials = [
         {

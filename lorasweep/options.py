@@ -73,7 +73,9 @@ Workers = Annotated[
 ]
 Replicates = Annotated[
     int,
-    typer.Option(help="After the search, train each arm's leader again with this many more seeds (0: none)."),
+    typer.Option(
+        help="After the search, train each arm's leader with other seeds, up to this many (0: none)."
+    ),
 ]
 Devices = Annotated[
     str | None, typer.Option(help="GPUs, one per worker, e.g. 0,1,2,3 (sets CUDA_VISIBLE_DEVICES).")
@@ -81,7 +83,7 @@ Devices = Annotated[
 
 # confirm's own
 Top = Annotated[int, typer.Option(help="Leaders per arm to replicate: the arm's front, by learn.")]
-Seeds = Annotated[int, typer.Option(help="Replicates per leader (more seeds), counting those it has.")]
+Seeds = Annotated[int, typer.Option(help="Replicates per leader (other seeds), counting those it has.")]
 
 # report's, reproduce's, export's, dashboard's and run's own
 ReportOut = Annotated[Path | None, typer.Option(help="Output directory (default: results/<study>).")]

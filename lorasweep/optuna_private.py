@@ -37,6 +37,7 @@ def rdb_engine(study: optuna.Study):
     return backend.engine if isinstance(backend, optuna.storages.RDBStorage) else None
 
 
-def journal_path(study: optuna.Study) -> str:
-    """The file of a journal storage on a file (claim_lock.py locks one beside it)."""
-    return study._storage._backend._file_path
+def journal_path(study: optuna.Study) -> str | None:
+    """The file of a journal storage on a file (claim_lock.py locks one beside it); None for a
+    storage without one (in memory)."""
+    return getattr(getattr(study._storage, "_backend", None), "_file_path", None)

@@ -19,10 +19,23 @@ from optuna.trial import FrozenTrial, TrialState
 
 REPLICATE_OF = "replicate_of"
 REPLICATE_SEED = "replicate_seed"
+DIVERGED = "NonFiniteLoss"  # the fail_reason of a trial whose loss diverged
 
 
 def is_replicate(trial: FrozenTrial) -> bool:
     return REPLICATE_OF in trial.user_attrs
+
+
+def diverged(trial: FrozenTrial) -> bool:
+    """A failed replicate whose loss diverged: it measured its seed (the configuration is unstable)."""
+    return trial.state == TrialState.FAIL and str(trial.user_attrs.get("fail_reason", "")).startswith(
+        DIVERGED
+    )
+
+
+def waiting_replicates(study: optuna.Study) -> int:
+    """Replicates queued and not yet started."""
+    return sum(is_replicate(t) for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
 def replicate_seed(trial: FrozenTrial) -> int | None:

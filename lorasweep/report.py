@@ -23,6 +23,7 @@ from lorasweep.analysis import Row, best_lr, critical_mixture_ratio, gaps, plura
 from lorasweep.findings import Finding, findings
 from lorasweep.plots import plot, write_html
 from lorasweep.records import value_names
+from lorasweep.replicates import is_replicate
 from lorasweep.study import objective_of
 from lorasweep.validation import ConfigError
 from lorasweep.verdict import verdict
@@ -79,11 +80,16 @@ def write_report(study: optuna.Study, out: Path, tolerance: float | None = None)
 def _summary(study: optuna.Study, tolerance: float | None, states: Counter) -> list[str]:
     """The title, the question the study asks, its trials by state, the base model, what it lacks."""
     lines = [f"# lorasweep report: study `{study.study_name}`", ""]
+    replicas = sum(is_replicate(t) for t in study.trials)
     lines.append(
         f"Objective: {objective_of(study)}; forgetting tolerance: "
         f"{'none set' if tolerance is None else f'{tolerance} nats/token'}. Trials: "
         + (", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "none")
-        + "."
+        + (
+            f", {plural(replicas, 'replicate')} among them (other seeds of a configuration)."
+            if replicas
+            else "."
+        )
     )
     base = study.user_attrs.get("base_metrics")
     if isinstance(base, dict) and {"learn", "general_loss", "general_qa_acc"} <= base.keys():

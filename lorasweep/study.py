@@ -168,19 +168,20 @@ def open_study(
     return study
 
 
-def queue_arm(study: optuna.Study, space: SearchSpace) -> None:
+def queue_arm(study: optuna.Study, space: SearchSpace) -> bool:
     """Queue the next trial's arm (value of the space's `compare` param), the rest to be sampled.
 
     The rule: the arm with the fewest trials goes next, ties in the order of its choices. Every
     trial of an arm counts, whatever its state (baselines and pruned duplicates included), except
     a failed one that heartbeats queued again (its retry counts instead). Nothing is queued while
     trials wait in Optuna's queue (baselines, retries): they run first and count when they do.
-    Call it where no other process can start a trial in between (workers.run_trials holds a lock).
+    Call it where no other process can start a trial in between (workers.run_trials holds the
+    claim lock). Returns True: a search run always has a trial to start.
     """
     arms = space.arms()
     trials = study.get_trials(deepcopy=False)
     if not arms or any(t.state == optuna.trial.TrialState.WAITING for t in trials):
-        return
+        return True
     retried = {n for t in trials for n in optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(t)}
     counts = dict.fromkeys(arms, 0)
     for t in trials:
@@ -190,6 +191,7 @@ def queue_arm(study: optuna.Study, space: SearchSpace) -> None:
             counts[arm] += 1
     arm = min(arms, key=lambda a: counts[a])  # min keeps the first of equal counts
     study.enqueue_trial({space.compare: arm}, user_attrs={"arm": arm})
+    return True
 
 
 def _searched(raw: dict[str, Any]) -> tuple:
@@ -231,21 +233,20 @@ def objective_of(study: optuna.Study) -> str:
 
 
 def best_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """The Pareto front, by its first value (pareto), or the best feasible trial (constrained).
-
-    Among the configurations searched: a replicate (another seed of one of them) is not one.
+    """The Pareto front, by its first value (pareto), or the best trial (constrained), of the
+    feasible trials (constraints met) among the configurations searched: a replicate (another
+    seed of one of them) is not one.
     """
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    complete = [t for t in complete if not is_replicate(t)]
+    feasible = [t for t in complete if not is_replicate(t) and all(c <= 0 for c in t.constraints.values())]
     # lorasweep maximizes learn and minimizes forget; a plain Optuna study may go either way
     signs = [1 if d == optuna.study.StudyDirection.MAXIMIZE else -1 for d in study.directions]
     if objective_of(study) == "constrained":
-        feasible = [t for t in complete if all(c <= 0 for c in t.constraints.values())]
         return [max(feasible, key=lambda t: signs[0] * t.values[0])] if feasible else []
 
     def dominates(a: optuna.trial.FrozenTrial, b: optuna.trial.FrozenTrial) -> bool:
         pairs = [(s * x, s * y) for s, x, y in zip(signs, a.values, b.values)]
         return all(x >= y for x, y in pairs) and any(x > y for x, y in pairs)
 
-    front = [t for t in complete if not any(dominates(u, t) for u in complete)]
+    front = [t for t in feasible if not any(dominates(u, t) for u in feasible)]
     return sorted(front, key=lambda t: -signs[0] * t.values[0])

@@ -16,6 +16,8 @@ from typing import Any
 import optuna
 from rich.progress import Progress, TaskID
 
+from lorasweep.analysis import plural
+from lorasweep.claim_lock import claim_lock
 from lorasweep.config import TrialConfig
 from lorasweep.confirm import leaders, queue_replicates
 from lorasweep.display import progress, say, trial_line
@@ -68,18 +70,28 @@ def session(
 
 def replicate(s: Session, tolerance: float | None, top: int, seeds: int, run: Callable[[int], Any]) -> None:
     """Queue the replicates of each arm's `top` leaders (confirm.py) and run them with `run(n)`."""
-    queued = queue_replicates(s.study, leaders(s.study, tolerance, top), seeds)
-    if not queued:
+    chosen = leaders(s.study, tolerance, top)
+    if not chosen:
+        within = "" if tolerance is None else f" within forget <= {tolerance:g}"
+        say(f"no configuration to replicate yet (no completed trial{within})", s.bars.console)
+        return
+    with claim_lock(s.study):
+        pending = queue_replicates(s.study, chosen, seeds)
+    if not pending:
         say(f"no replicate to add: each leader has {seeds} already", s.bars.console)
         return
-    of = sorted({q.of for q in queued})
+    of = sorted({q.of for q in pending})
+    # Optuna starts the oldest queued trial first: any queued before the replicates run too
+    queued = len(s.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+    ahead = queued - len(pending)
     say(
         f"replicating trial{'s' * (len(of) > 1)} {', '.join(map(str, of))} "
-        f"(each arm's leader{'s' * (top > 1)}): {len(queued)} more seeds",
+        f"(each arm's leader{'s' * (top > 1)}): {plural(len(pending), 'more seed')}"
+        + (f", after {plural(ahead, 'trial')} queued before them" if ahead else ""),
         s.bars.console,
     )
-    s.bars.reset(s.task, description="replicates", total=len(queued), visible=True)
-    run(len(queued))
+    s.bars.reset(s.task, description="replicates", total=queued, visible=True)
+    run(queued)
 
 
 def conclude(study: optuna.Study, tolerance: float | None = None) -> None:

@@ -18,8 +18,7 @@ from typing import Any
 import optuna
 
 from lorasweep.analysis import Row, compare_of, describe, leader, rows_of
-from lorasweep.confirm import DIVERGED
-from lorasweep.replicates import REPLICATE_OF
+from lorasweep.replicates import REPLICATE_OF, diverged
 from lorasweep.uncertainty import LEVEL, Estimate, estimate, welch_p
 
 METHOD_NAMES = {"full": "full FT", "lora": "LoRA", "rslora": "rsLoRA", "dora": "DoRA", "qlora": "QLoRA"}
@@ -100,7 +99,7 @@ def _diverged(study: optuna.Study) -> dict[int, int]:
     """Per configuration, its replicates that diverged."""
     counts: dict[int, int] = {}
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
-        if REPLICATE_OF in t.user_attrs and str(t.user_attrs.get("fail_reason", "")).startswith(DIVERGED):
+        if REPLICATE_OF in t.user_attrs and diverged(t):
             counts[t.user_attrs[REPLICATE_OF]] = counts.get(t.user_attrs[REPLICATE_OF], 0) + 1
     return counts
 
@@ -151,7 +150,7 @@ def _lines(v: Verdict) -> list[str]:
 
 def _side(difference: float, p: float) -> int:
     """+1 or -1 when a difference is beyond seed noise (p < 0.05) that way, else 0."""
-    return 0 if p >= 1 - LEVEL else (difference > 0) - (difference < 0)
+    return (difference > 0) - (difference < 0) if p < 1 - LEVEL else 0  # a NaN p is within noise
 
 
 def _difference(v: Verdict) -> str:
@@ -163,15 +162,15 @@ def _difference(v: Verdict) -> str:
             f"{a.name} learns {learn:+.3f} more than {b.name} and {forgets}, with one seed on a side: "
             "not yet told from seed noise."
         )
+    beyond = [_side(1.0, v.learn_p) != 0, _side(1.0, v.forget_p) != 0]
     noise = {True: "beyond seed noise", False: "within seed noise"}
     numbers = (
         f"{a.name} learns more than {b.name} by {learn:+.3f} (Welch's t-test p = {v.learn_p:.3g}, "
-        f"{noise[v.learn_p < 1 - LEVEL]}) and {forgets} (p = {v.forget_p:.3g}, "
-        f"{noise[v.forget_p < 1 - LEVEL]})"
+        f"{noise[beyond[0]]}) and {forgets} (p = {v.forget_p:.3g}, {noise[beyond[1]]})"
     )
     if v.winner:
         return f"{v.winner} wins: {numbers}."
-    if v.learn_p < 1 - LEVEL and v.forget_p < 1 - LEVEL:
+    if all(beyond):
         return f"No single winner, a trade-off: {numbers}; a forget tolerance (--forget-tolerance) picks one."
     return f"No winner: {numbers}."
 
@@ -207,7 +206,9 @@ def save_note(study: optuna.Study, v: Verdict) -> None:
     import optuna_dashboard
 
     note = optuna_dashboard.get_note(study) or ""
-    head, _, rest = note.partition(NOTE_START)
-    _, _, tail = rest.partition(NOTE_END)
+    head, tail = note, ""
+    if NOTE_START in note and NOTE_END in note.split(NOTE_START, 1)[1]:  # ours, to replace
+        head, rest = note.split(NOTE_START, 1)
+        tail = rest.split(NOTE_END, 1)[1]
     ours = "\n".join([NOTE_START, "## lorasweep verdict", "", *v.lines, NOTE_END])
     optuna_dashboard.save_note(study, "\n".join(p for p in (head.strip(), ours, tail.strip()) if p))

@@ -48,7 +48,7 @@ POLL_S = 2.0  # how often a worker that has nothing left to start looks at the s
 INTERRUPTED = "interrupted: the running {} marked failed; run again to resume"
 # options the parent sets per worker (or that only the parent reads), never passed on as given;
 # replicates: workers only run trials, the parent queues the replicates after the search
-PER_WORKER = ("workers", "devices", "n_trials", "seed", "replicates")
+PER_WORKER = ("workers", "devices", "n_trials", "seed", "replicates", "timeout")
 
 
 class Interrupted(KeyboardInterrupt):
@@ -103,7 +103,7 @@ def run_sweep(
     Returns (exit code, what to tell the user), as `run_workers` does.
     """
     if workers > 1:
-        return run_workers(command, n_trials, workers, seed, devices, study, on_trial)
+        return run_workers(command, n_trials, timeout, workers, seed, devices, study, on_trial)
     callbacks = [lambda _study, frozen: on_trial(frozen)]
     code = run_here(study, objective, n_trials, timeout, callbacks=callbacks, **optimize_kwargs)
     return code, INTERRUPTED.format("trial is") if code else ""
@@ -140,6 +140,11 @@ def run_here(
     return 0
 
 
+def is_worker() -> bool:
+    """Whether this process is a worker that `run_workers` started (its parent reports)."""
+    return RUN_ENV in os.environ
+
+
 def pin_cpus() -> None:
     """In a worker: run on the cores the parent gave it (torch then uses that many threads)."""
     cpus = os.environ.get(CPUS_ENV)
@@ -173,7 +178,7 @@ def run_trials(
     objective: Callable[[optuna.Trial], Any],
     n_trials: int,
     timeout: float | None = None,
-    before_trial: Callable[[optuna.Study], None] | None = None,
+    before_trial: Callable[[optuna.Study], bool] | None = None,
     **optimize_kwargs: Any,
 ) -> None:
     """Optuna's `study.optimize`, one trial at a time, until this run has `n_trials` trials.
@@ -185,7 +190,8 @@ def run_trials(
     trial the one before them created; with
     heartbeats on, a worker with nothing left to start waits while the run's other trials are
     running, to take over any whose worker dies. `before_trial(study)` runs under the same lock
-    just before each trial starts (study.queue_arm: which arm it belongs to).
+    just before each trial starts (study.queue_arm: which arm it belongs to); when it returns
+    False, the run has nothing to start (its replicates were all taken).
     """
     run = os.environ.get(RUN_ENV) or uuid.uuid4().hex[:12]
     worker = f"{socket.gethostname()}:{os.getpid()}"
@@ -194,9 +200,7 @@ def run_trials(
     while timeout is None or time.monotonic() - start < timeout:
         with claim_lock(study) as release:
             counted, running = tally(study, run)
-            if counted < n_trials:
-                if before_trial is not None:
-                    before_trial(study)
+            if counted < n_trials and (before_trial is None or before_trial(study)):
 
                 def claimed(trial: optuna.Trial, release=release) -> Any:
                     trial.set_user_attr("run", run)
@@ -215,6 +219,7 @@ def run_trials(
 def run_workers(
     command: Sequence[str],
     n_trials: int,
+    timeout: float | None,
     workers: int,
     seed: int,
     devices: Sequence[str] | None,
@@ -239,7 +244,7 @@ def run_workers(
             if devices:
                 env["CUDA_VISIBLE_DEVICES"] = devices[i]
             argv = [*command, "--n-trials", str(n_trials), "--seed", str(seed + i * SEED_STRIDE)]
-            argv += ["--replicates", "0"]
+            argv += ["--replicates", "0"] + (["--timeout", str(timeout)] if timeout is not None else [])
             # a new session: Ctrl-C reaches the parent only, which passes it on once
             procs.append(
                 subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)

@@ -1,6 +1,7 @@
 """The claim lock: one process at a time counts and creates a study's next trial, on any storage."""
 
 import threading
+import time
 
 import optuna
 import pytest
@@ -35,7 +36,13 @@ def opened_twice(url: str, name: str) -> tuple[optuna.Study, optuna.Study]:
 def test_file_storages_lock_a_file_beside_the_database(tmp_path, scheme):
     url = f"{scheme}:///{tmp_path}/s.{'db' if scheme == 'sqlite' else 'journal'}"
     second_claim_waits_for_the_first(*opened_twice(url, "s"))
-    assert (tmp_path / f"s.{'db' if scheme == 'sqlite' else 'journal'}.lock").exists()
+    name = f"s.{'db' if scheme == 'sqlite' else 'journal'}"
+    assert (tmp_path / f"{name}.claim-lock").exists()
+    study = opened_twice(url, "s")[0]
+    start = time.monotonic()
+    with claim_lock(study):  # the study writes while claiming; Optuna's own journal lock is another file
+        study.set_user_attr("written", True)
+    assert time.monotonic() - start < 5
 
 
 def test_postgresql_takes_an_advisory_lock_per_study(postgres_url):

@@ -101,6 +101,22 @@ def test_optimize_replicates_each_arms_leader_and_confirm_tops_up(tmp_path, cach
     added = [t for t in study.trials if t.user_attrs.get(REPLICATE_SEED) == 3]
     assert sorted(t.user_attrs[REPLICATE_OF] for t in added) == sorted(leaders)
     assert "4 seeds" in more.stdout
+    # the arm trial queued above runs first (Optuna starts the oldest), then both replicates
+    assert "after 1 trial queued before them" in more.stdout
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 11
+    fewer = invoke(*confirm, "--seeds", "2", cwd=tmp_path)  # asking for fewer than there are adds none
+    assert "no replicate to add" in fewer.stdout
+    assert len(optuna.load_study(study_name="default", storage=url).trials) == 11
+
+    # a replicate queued by a confirm that was stopped before it ran is run by the next one
+    leader = min(leaders)
+    study.enqueue_trial(study.trials[leader].params, user_attrs={REPLICATE_OF: leader, REPLICATE_SEED: 9})
+    resumed = invoke(*confirm, "--seeds", "4", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    study = optuna.load_study(study_name="default", storage=url)
+    ninth = [t for t in study.trials if t.user_attrs.get(REPLICATE_SEED) == 9]
+    assert [t.state.name for t in ninth] == ["COMPLETE"]
+    assert not [t for t in study.trials if t.state.name == "WAITING"]  # and nothing else was started
 
 
 def test_confirm_rejects_bad_input_in_one_line(tmp_path):
