@@ -92,6 +92,25 @@ def rows_of(study: optuna.Study) -> list[Row]:
     return rows
 
 
+def matched(rows: list[Row], tolerance: float | None) -> tuple[dict[Any, list[Row]], float | None]:
+    """Each arm's configurations that compete at equal forgetting, and the forget bar they meet.
+
+    Within the tolerance, each arm's top learner forgets some amount; the least of these is the
+    bar, and each arm competes with its configurations that forget no more than that (an arm with
+    none keeps all its own). Set top learner against top learner, a configuration that learns a
+    little more at a far higher forget would face one that forgets much less; at the bar, the
+    arms are compared where both have configurations.
+    """
+    by_arm: dict[Any, list[Row]] = defaultdict(list)
+    for r in rows:
+        if tolerance is None or r.forget <= tolerance:
+            by_arm[r.arm].append(r)
+    if len(by_arm) < 2:
+        return dict(by_arm), None
+    bar = min(max(group, key=lambda r: r.learn).forget for group in by_arm.values())
+    return {arm: [r for r in group if r.forget <= bar] or group for arm, group in by_arm.items()}, bar
+
+
 def compare_of(study: optuna.Study) -> str:
     """The param whose values the study compares: its space's `compare`, else the method."""
     space = study.user_attrs.get("space")

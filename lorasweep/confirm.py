@@ -5,7 +5,9 @@
     lorasweep optimize --replicates 2     # the same for each arm's leader, after the search
 
 An arm's leaders are its configurations on the (learn up, forget down) front, within the forget
-tolerance when there is one, by learn: the first is the arm's best learner. A configuration
+tolerance when there is one, by learn, compared at equal forgetting: an arm whose top learner
+forgets more than another arm's top learner is led by its best learner that forgets no more
+than that one (analysis.matched). A configuration
 already replicated is ranked by its mean over seeds, so confirming again after a leader's mean fell
 moves on to the next one. `--seeds S` tops each leader up to S replicates: running it twice adds
 nothing; raising S adds the difference. Seeds are the smallest not yet used for that configuration.
@@ -13,13 +15,12 @@ nothing; raising S adds the difference. Seeds are the smallest not yet used for 
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 
 import optuna
 from optuna.trial import TrialState
 
-from lorasweep.analysis import Row, front, rows_of
+from lorasweep.analysis import Row, front, matched, rows_of
 from lorasweep.replicates import REPLICATE_OF, REPLICATE_SEED, diverged, replicate_seed
 from lorasweep.validation import ConfigError
 
@@ -40,12 +41,10 @@ def check(top: int, seeds: int) -> None:
 
 
 def leaders(study: optuna.Study, tolerance: float | None, top: int) -> list[Row]:
-    """Each arm's `top` leaders, arm by arm in the order their first trials ran."""
-    by_arm: dict[object, list[Row]] = defaultdict(list)
-    for row in rows_of(study):
-        if tolerance is None or row.forget <= tolerance:
-            by_arm[row.arm].append(row)
-    return [r for rows in by_arm.values() for r in sorted(front(rows), key=lambda r: -r.learn)[:top]]
+    """Each arm's `top` leaders at equal forgetting (analysis.matched), arm by arm in the order
+    their first trials ran."""
+    groups, _ = matched(rows_of(study), tolerance)
+    return [r for rows in groups.values() for r in sorted(front(rows), key=lambda r: -r.learn)[:top]]
 
 
 def measured(trial: optuna.trial.FrozenTrial) -> bool:

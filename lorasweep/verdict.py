@@ -2,9 +2,11 @@
 
 Shown at the end of `lorasweep optimize` and `lorasweep confirm`, by `lorasweep best`, at the top
 of report.md, and as the study's note in optuna-dashboard. The rule (docs/claims.md, "The
-verdict"): each arm is represented by its best configuration within the forget tolerance (all of
-them without one), preferring those measured with several seeds (replicates, confirm.py), and the
-two arms that learn most are compared with Welch's t-test on their seeds, in learn and in forget.
+verdict"): the arms are compared at equal forgetting (analysis.matched: each at its configurations
+that forget no more than the least-forgetting arm's top learner, within the forget tolerance if
+there is one); each arm is represented by its best of those, preferring configurations measured
+with several seeds (replicates, confirm.py), and the two arms that learn most are compared with
+Welch's t-test on their seeds, in learn and in forget.
 An arm wins when it is better in one beyond seed noise (p < 0.05) and not worse beyond it in the
 other; better in one and worse in the other is a trade-off, and an arm measured with one seed
 cannot win or lose.
@@ -17,7 +19,7 @@ from typing import Any
 
 import optuna
 
-from lorasweep.analysis import Row, compare_of, describe, leader, rows_of
+from lorasweep.analysis import Row, compare_of, describe, leader, matched, rows_of
 from lorasweep.replicates import REPLICATE_OF, diverged
 from lorasweep.uncertainty import LEVEL, Estimate, estimate, welch_p
 
@@ -42,6 +44,7 @@ class ArmResult:
 class Verdict:
     compare: str
     tolerance: float | None
+    bar: float | None  # the equal-forgetting bar (analysis.matched); None with fewer than 2 arms
     arms: list[ArmResult]  # by mean learn, highest first
     missing: list[str]  # arms with no completed configuration (within the tolerance)
     winner: str | None  # the arm better on one metric beyond seed noise and not worse on the other
@@ -58,17 +61,15 @@ def verdict(study: optuna.Study, tolerance: float | None = None) -> Verdict:
     """The verdict of `study`; `tolerance` defaults to the study's own forget tolerance."""
     tolerance = study.user_attrs.get("forget_tolerance") if tolerance is None else tolerance
     compare = compare_of(study)
-    rows = [r for r in rows_of(study) if tolerance is None or r.forget <= tolerance]
-    expected = _arms(study, compare) or list(dict.fromkeys(r.arm for r in rows))
+    groups, bar = matched(rows_of(study), tolerance)
+    expected = _arms(study, compare) or list(groups)
     diverged = _diverged(study)
     trials = study.get_trials(deepcopy=False)
-    arms = []
-    for arm in expected:
-        mine = [r for r in rows if r.arm == arm]
-        if mine:
-            arms.append(_represent(arm_name(compare, arm), mine, diverged, trials))
+    arms = [
+        _represent(arm_name(compare, arm), groups[arm], diverged, trials) for arm in expected if arm in groups
+    ]
     arms.sort(key=lambda a: -a.learn.mean)
-    missing = [arm_name(compare, arm) for arm in expected if not any(r.arm == arm for r in rows)]
+    missing = [arm_name(compare, arm) for arm in expected if arm not in groups]
     learn_p = forget_p = None
     winner = None
     if len(arms) >= 2:
@@ -77,14 +78,20 @@ def verdict(study: optuna.Study, tolerance: float | None = None) -> Verdict:
         forget_p = welch_p(a.row.forget_seeds, b.row.forget_seeds)
         if learn_p is not None:
             learns = _side(a.learn.mean - b.learn.mean, learn_p)
-            keeps = _side(b.forget.mean - a.forget.mean, forget_p)  # +1: a forgets less
+            # at equal forgetting (both within the bar) learn decides; else neither may be worse
+            keeps = 0 if _matched(bar, a, b) else _side(b.forget.mean - a.forget.mean, forget_p)
             if learns >= 0 and keeps >= 0 and learns + keeps > 0:
                 winner = a.name
             elif learns <= 0 and keeps <= 0 and learns + keeps < 0:
                 winner = b.name
-    found = Verdict(compare, tolerance, arms, missing, winner, learn_p, forget_p, [])
+    found = Verdict(compare, tolerance, bar, arms, missing, winner, learn_p, forget_p, [])
     found.lines = _lines(found)
     return found
+
+
+def _matched(bar: float | None, *arms: ArmResult) -> bool:
+    """Whether the arms' configurations all forget no more than the bar (equal forgetting)."""
+    return bar is not None and all(a.row.forget <= bar for a in arms)
 
 
 def _arms(study: optuna.Study, compare: str) -> list[Any]:
@@ -119,6 +126,11 @@ def _represent(
 def _lines(v: Verdict) -> list[str]:
     within = "" if v.tolerance is None else f"; within forget <= {v.tolerance:g}"
     lines = [f"Verdict on {v.compare} (learn and forget as mean ± sd over seeds{within}):"]
+    if v.bar is not None:
+        lines.append(
+            f"Compared at equal forgetting: each at its best learner with forget <= {v.bar:+.3f}, "
+            "the least any arm's top learner forgets."
+        )
     if not v.arms:
         none = "- no completed configuration with lorasweep's records (config, learn, forget) yet"
         return [*lines, none + (" within the tolerance" if within else "")]
@@ -168,6 +180,9 @@ def _difference(v: Verdict) -> str:
         f"{a.name} learns more than {b.name} by {learn:+.3f} (Welch's t-test p = {v.learn_p:.3g}, "
         f"{noise[beyond[0]]}) and {forgets} (p = {v.forget_p:.3g}, {noise[beyond[1]]})"
     )
+    if _matched(v.bar, a, b):
+        head = f"{v.winner} wins at equal forgetting" if v.winner else "No winner at equal forgetting"
+        return f"{head}: {numbers}; both within forget <= {v.bar:+.3f}."
     if v.winner:
         return f"{v.winner} wins: {numbers}."
     if all(beyond):
@@ -180,6 +195,7 @@ def summary(v: Verdict) -> dict[str, Any]:
     return {
         "compare": v.compare,
         "forget_tolerance": v.tolerance,
+        "equal_forgetting_bar": v.bar,
         "winner": v.winner,
         "learn_p": v.learn_p,
         "forget_p": v.forget_p,

@@ -58,26 +58,33 @@ def test_a_study_with_one_arm_missing_says_what_it_needs(tmp_path):
     assert empty.arms == [] and "no completed configuration" in empty.lines[-1]
 
 
+FULL = [(0.79, 0.61), (0.83, 0.65), (0.84, 0.63)]  # learn 0.820 ± 0.026, forget +0.630 ± 0.020
+LORA = [(0.61, 0.55), (0.64, 0.57), (0.66, 0.58)]  # learn 0.637 ± 0.025, forget +0.567 ± 0.015
+
+
 def test_replicated_arms_name_a_winner_only_beyond_seed_noise(tmp_path):
     study = study_of(tmp_path, "trade_off")
-    configuration(study, "full", 1e-3, [(0.79, 0.61), (0.83, 0.65), (0.84, 0.63)])
-    lora = configuration(study, "lora", 3e-3, [(0.61, 0.55), (0.64, 0.57), (0.66, 0.58)])
-    configuration(study, "lora", 1e-2, [(0.70, 1.1)])  # one lucky seed, above LoRA's replicated mean
+    configuration(study, "full", 1e-3, FULL)
+    lora = configuration(study, "lora", 3e-3, LORA)
     found = verdict(study)
     assert [a.name for a in found.arms] == ["full FT", "LoRA"]
-    assert found.arms[1].row.number == lora  # the replicated configuration speaks for LoRA
     assert found.arms[0].learn.text() == "0.820 ± 0.026" and found.arms[0].learn.n == 3
-    assert found.lines[1] == (
-        "- full FT: full lr=1.0e-03 (trial 0, 3 seeds): learn 0.820 ± 0.026, forget +0.630 ± 0.020"
-    )
-    # full FT learns more and forgets more, both beyond noise: no winner
+    assert found.lines[1:4] == [
+        (
+            "Compared at equal forgetting: each at its best learner with forget <= +0.567, the least any "
+            "arm's top learner forgets."
+        ),
+        "- full FT: full lr=1.0e-03 (trial 0, 3 seeds): learn 0.820 ± 0.026, forget +0.630 ± 0.020",
+        "- LoRA: lora r=4 a=8 all-linear lr=3.0e-03 (trial 3, 3 seeds): learn 0.637 ± 0.025, forget +0.567 ± 0.015",
+    ]
+    # full FT has no configuration that forgets as little as LoRA's: it learns more and forgets
+    # more, both beyond noise
     assert found.winner is None
-    assert found.lines[4] == (
+    assert found.lines[5] == (
         "No single winner, a trade-off: full FT learns more than LoRA by +0.183 (Welch's t-test "
         "p = 0.000974, beyond seed noise) and forgets more by 0.063 (p = 0.014, beyond seed noise); "
         "a forget tolerance (--forget-tolerance) picks one."
     )
-    assert found.lines[5].startswith("LoRA's trial 6 learned 0.700 with one seed, more than the mean above")
     assert summary(found)["arms"][1] | {"learn_sd": None, "forget_sd": None} == {
         "arm": "LoRA",
         "trial": lora,
@@ -91,13 +98,26 @@ def test_replicated_arms_name_a_winner_only_beyond_seed_noise(tmp_path):
     tolerant = verdict(study, tolerance=0.6)  # within forget <= 0.6 only LoRA has a configuration
     assert tolerant.missing == ["full FT"] and "within forget <= 0.6" in tolerant.lines[0]
 
+    # a LoRA trial that learned more by forgetting far more sets a higher bar: full FT meets it,
+    # and at equal forgetting learn decides
+    configuration(study, "lora", 1e-2, [(0.70, 1.1)])
+    configuration(study, "lora", 5e-3, [(0.68, 0.56)])  # one lucky seed within the bar
+    found = verdict(study)
+    assert found.bar == 0.63 and found.winner == "full FT"
+    assert found.lines[5] == (
+        "full FT wins at equal forgetting: full FT learns more than LoRA by +0.183 (Welch's t-test "
+        "p = 0.000974, beyond seed noise) and forgets more by 0.063 (p = 0.014, beyond seed noise); "
+        "both within forget <= +0.630."
+    )
+    assert found.lines[6].startswith("LoRA's trial 7 learned 0.680 with one seed, more than the mean above")
+
     dominant = study_of(tmp_path, "dominant")  # learns more beyond noise, forgets as much
     configuration(dominant, "full", 1e-3, [(0.79, 0.58), (0.83, 0.56), (0.84, 0.57)])
-    configuration(dominant, "lora", 3e-3, [(0.61, 0.55), (0.64, 0.57), (0.66, 0.58)])
+    configuration(dominant, "lora", 3e-3, LORA)
     found = verdict(dominant)
     assert found.winner == "full FT"
-    assert found.lines[4].startswith("full FT wins: full FT learns more than LoRA by +0.183")
-    assert found.lines[4].endswith("forgets more by 0.003 (p = 0.77, within seed noise).")
+    assert found.lines[5].startswith("full FT wins: full FT learns more than LoRA by +0.183")
+    assert found.lines[5].endswith("forgets more by 0.003 (p = 0.77, within seed noise).")
 
     close = study_of(tmp_path, "close")
     configuration(close, "full", 1e-3, [(0.70, 0.61), (0.60, 0.65)])
