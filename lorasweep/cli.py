@@ -73,7 +73,7 @@ def optimize(
     does), and the verdict is printed with its uncertainty and saved as the study's note.
     """
     from lorasweep.search_space import load_space
-    from lorasweep.workers import check_run, is_worker, pin_cpus, run_sweep, worker_command
+    from lorasweep.workers import check_run, is_worker, pin_cpus, worker_command
 
     pin_cpus()  # a worker started by --workers runs on its own cores
     from lorasweep.study import queue_arm, storage_label
@@ -92,7 +92,6 @@ def optimize(
         store = open_storage(storage, heartbeat=(heartbeat_interval, grace_period))
     # imported only now: bad input is answered before torch is loaded
     from lorasweep.display import print_best
-    from lorasweep.objective import TRIAL_FAILURES
     from lorasweep.replicates import waiting_replicates
     from lorasweep.sweep import conclude, replicate, session
 
@@ -107,20 +106,7 @@ def optimize(
         command = worker_command(ctx)
 
         def run(n: int, seconds: float | None, before_trial) -> None:
-            code, message = run_sweep(
-                s.study,
-                s.objective,
-                command,
-                n,
-                seconds,
-                seed,
-                workers,
-                gpus,
-                s.on_trial,
-                before_trial=before_trial,
-                catch=TRIAL_FAILURES,
-            )
-            _stop_on(code, message, s.bars)
+            _stop_on(*s.run(n, before_trial, command, seconds, seed, workers, gpus), s.bars)
 
         start = time.monotonic()
         run(n_trials, timeout, lambda study: queue_arm(study, searched))
@@ -171,28 +157,13 @@ def confirm(
         store = open_storage(storage, heartbeat=(HEARTBEAT_S, GRACE_S))
     tolerance = searched.forget_tolerance if forget_tolerance is None else forget_tolerance
     quiet_libraries()
-    from lorasweep.objective import TRIAL_FAILURES
     from lorasweep.replicates import waiting_replicates
     from lorasweep.sweep import conclude, replicate, session
-    from lorasweep.workers import run_sweep
 
     with user_errors(), session(searched, loaded.study_name, store, 0, cache_dir, artifact_dir) as s:
 
         def run(n: int) -> None:  # here, in this process: no sampler seed or workers involved
-            code, message = run_sweep(
-                s.study,
-                s.objective,
-                [],
-                n,
-                None,
-                0,
-                1,
-                None,
-                s.on_trial,
-                before_trial=waiting_replicates,
-                catch=TRIAL_FAILURES,
-            )
-            _stop_on(code, message, s.bars)
+            _stop_on(*s.run(n, waiting_replicates), s.bars)
 
         replicate(s, tolerance, top, seeds, run)
     conclude(s.study, tolerance)

@@ -7,7 +7,7 @@ per finished trial; both end with the study's verdict, printed and saved as its 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +21,12 @@ from lorasweep.claim_lock import claim_lock
 from lorasweep.config import TrialConfig
 from lorasweep.confirm import leaders, queue_replicates
 from lorasweep.display import progress, say, trial_line
-from lorasweep.objective import make_objective
+from lorasweep.objective import TRIAL_FAILURES, make_objective
 from lorasweep.prepare import prepare
 from lorasweep.search_space import SearchSpace
 from lorasweep.study import open_study
 from lorasweep.verdict import save_note, verdict
+from lorasweep.workers import run_sweep
 
 
 @dataclass
@@ -38,6 +39,31 @@ class Session:
     def on_trial(self, frozen: optuna.trial.FrozenTrial) -> None:
         self.bars.advance(self.task)
         say(trial_line(frozen), self.bars.console)
+
+    def run(
+        self,
+        n: int,
+        before_trial: Callable[[optuna.Study], bool],
+        command: Sequence[str] = (),
+        seconds: float | None = None,
+        seed: int = 0,
+        workers: int = 1,
+        devices: Sequence[str] | None = None,
+    ) -> tuple[int, str]:
+        """`n` trials of the study, here or in `workers` processes (workers.run_sweep)."""
+        return run_sweep(
+            self.study,
+            self.objective,
+            command,
+            n,
+            seconds,
+            seed,
+            workers,
+            devices,
+            self.on_trial,
+            before_trial=before_trial,
+            catch=TRIAL_FAILURES,
+        )
 
 
 @contextmanager
