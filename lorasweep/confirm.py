@@ -7,7 +7,8 @@
 An arm's leaders are its configurations on the (learn up, forget down) front, within the forget
 tolerance when there is one, by learn, compared at equal forgetting: an arm whose top learner
 forgets more than another arm's top learner is led by its best learner that forgets no more
-than that one (analysis.matched). A configuration
+than that one (analysis.matched). The arm's top learner is replicated too: it is the arm's best
+configuration, and its forget sets the bar. A configuration
 already replicated is ranked by its mean over seeds, so confirming again after a leader's mean fell
 moves on to the next one. `--seeds S` tops each leader up to S replicates: running it twice adds
 nothing; raising S adds the difference. Seeds are the smallest not yet used for that configuration.
@@ -41,10 +42,18 @@ def check(top: int, seeds: int) -> None:
 
 
 def leaders(study: optuna.Study, tolerance: float | None, top: int) -> list[Row]:
-    """Each arm's `top` leaders at equal forgetting (analysis.matched), arm by arm in the order
-    their first trials ran."""
-    groups, _ = matched(rows_of(study), tolerance)
-    return [r for rows in groups.values() for r in sorted(front(rows), key=lambda r: -r.learn)[:top]]
+    """Each arm's `top` leaders at equal forgetting (analysis.matched), and its top learner (which
+    sets the bar and is the arm's best configuration), arm by arm in the order their first trials
+    ran."""
+    rows = rows_of(study)
+    groups, _ = matched(rows, tolerance)
+    chosen = []
+    for arm, group in groups.items():
+        at_bar = sorted(front(group), key=lambda r: -r.learn)[:top]
+        within = [r for r in rows if r.arm == arm and (tolerance is None or r.forget <= tolerance)]
+        best = max(within, key=lambda r: r.learn)
+        chosen += at_bar + ([best] if best.number not in {r.number for r in at_bar} else [])
+    return chosen
 
 
 def measured(trial: optuna.trial.FrozenTrial) -> bool:
