@@ -1,26 +1,38 @@
-"""Reliability: workers killed mid-trial, and what the study looks like afterwards (BENCHMARKS.md).
+"""Soak: a sweep with workers SIGKILLed at random instants and its database restarted (BENCHMARKS.md).
 
-    python benchmarks/reliability.py                                   # SQLite, results/bench/
-    python benchmarks/reliability.py --storage postgresql://USER@HOST:PORT/DB
+    python benchmarks/reliability.py                       # SQLite, kills only, results/bench/
+
+    # PostgreSQL with restarts: a private cluster (as root, prefix initdb and pg_ctl with
+    # `runuser -u postgres --` and give that user the directory)
+    initdb -D /tmp/pg -U lorasweep --auth=trust
+    pg_ctl -D /tmp/pg -o "-p 5433 -k /tmp -c listen_addresses=127.0.0.1" -l /tmp/pg.log -w start
+    python benchmarks/reliability.py --storage postgresql://lorasweep@127.0.0.1:5433/postgres \\
+        --restart-command "pg_ctl -D /tmp/pg -m fast -w restart" --restarts 2
 
 Runs `lorasweep optimize --workers W --n-trials N` on a small generated world (trials of a few
-seconds: this measures the harness, not learning) and SIGKILLs one worker in the middle of a
-trial, `--kills` times in a row (each after the previous kill's trial was taken over). Reports the
-trials run, the faults injected, the trials lost (the run's total minus the trials that count:
-must be 0), RUNNING leftovers, and for each kill the recovery time: from the kill to the start of
-its retry on another worker (about the grace period, plus the wait for a worker to be free).
+seconds: this measures the harness, not learning) while a seeded schedule SIGKILLs a random worker
+every few seconds (`--kills`; at any instant of a trial's life, or between trials) and runs
+`--restart-command` `--restarts` times in between. Then it reads the study and reports: the trials
+the run asked for and those in the study, complete, failed and run again (retried), recorded from
+a killed worker's kept result, lost (asked but not counted: must be 0), duplicated (a configuration
+completed twice by accident: must be 0), RUNNING or WAITING left (must be 0), and the longest
+pause between two finished trials.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
+import random
+import shlex
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import optuna
@@ -32,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "bench"
 WORLD = {"n_general": 60, "n_domain": 16, "hidden_size": 64, "n_layers": 2, "n_heads": 4, "max_length": 32}
 SPACE = {
-    "config": {"batch_size": 8, "max_length": 32, "train_tokens": 40_000, "eval_points": 2, "world": WORLD},
+    "config": {"batch_size": 8, "max_length": 32, "train_tokens": 20_000, "eval_points": 2, "world": WORLD},
     "params": {
         "method": {"choices": ["lora", "full"]},
         "rank": {"type": "int", "low": 2, "high": 16, "log": True, "when": {"method": "lora"}},
@@ -42,9 +54,34 @@ SPACE = {
 }
 
 
-def running_claimed(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-    return [t for t in running if "worker" in t.user_attrs]
+def children(pid: int) -> list[int]:
+    """The live child processes of `pid` (the workers of a `--workers` run)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def inject(parent: subprocess.Popen, args, rng: random.Random) -> tuple[int, int]:
+    """SIGKILL a random worker every 3-12 s, `--kills` times, with the restarts spread among them."""
+    kills = restarts = 0
+    restart_at = {round((k + 1) * args.kills / (args.restarts + 1)) for k in range(args.restarts)}
+    while kills < args.kills and parent.poll() is None:
+        time.sleep(rng.uniform(3, 12))
+        workers = children(parent.pid)
+        if not workers or parent.poll() is not None:
+            continue
+        os.kill(rng.choice(workers), signal.SIGKILL)
+        kills += 1
+        if kills in restart_at and args.restart_command:
+            subprocess.run(shlex.split(args.restart_command), check=True, capture_output=True)
+            restarts += 1
+    return kills, restarts
 
 
 def main() -> None:
@@ -53,27 +90,23 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--storage", default=f"sqlite:///{OUT / 'reliability.db'}")
-    parser.add_argument("--workers", type=int, default=3)
-    parser.add_argument("--n-trials", type=int, default=18)
-    parser.add_argument("--kills", type=int, default=2)
-    parser.add_argument("--heartbeat-interval", type=int, default=5)
-    parser.add_argument("--grace-period", type=int, default=20)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--n-trials", type=int, default=100)
+    parser.add_argument("--kills", type=int, default=10)
+    parser.add_argument(
+        "--restart-command", help="restarts the database, e.g. pg_ctl -D DIR -m fast -w restart"
+    )
+    parser.add_argument("--restarts", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="of the fault schedule")
+    parser.add_argument("--heartbeat-interval", type=int, default=2)
+    parser.add_argument("--grace-period", type=int, default=10)
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    study_name = f"reliability-{int(time.time())}"
+    name = f"soak-{int(time.time())}"
     with tempfile.TemporaryDirectory() as tmp:
         space = Path(tmp) / "space.yaml"
         space.write_text(yaml.safe_dump(SPACE, sort_keys=False))
-        command = [
-            sys.executable,
-            "-m",
-            "lorasweep",
-            "optimize",
-            "--space",
-            str(space),
-            "--study",
-            study_name,
-        ]
+        command = [sys.executable, "-m", "lorasweep", "optimize", "--space", str(space), "--study", name]
         command += [
             "--storage",
             args.storage,
@@ -88,56 +121,35 @@ def main() -> None:
             "--grace-period",
             str(args.grace_period),
         ]
+        command += ["--replicates", "0"]
         started = time.monotonic()
         parent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        recoveries = []
-        for _ in range(args.kills):
-            victim = None
-            while victim is None and parent.poll() is None:
-                time.sleep(0.2)
-                try:
-                    study = optuna.load_study(study_name=study_name, storage=args.storage)
-                except KeyError:
-                    continue
-                # a trial that has been training for a second, run by a worker not killed before
-                victim = next(
-                    (t for t in running_claimed(study) if time.time() - t.datetime_start.timestamp() > 1),
-                    None,
-                )
-            if victim is None:
-                break
-            os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
-            killed = time.time()
-            retry = None
-            while retry is None and parent.poll() is None:
-                time.sleep(0.2)
-                retry = next(
-                    (
-                        t
-                        for t in study.get_trials(deepcopy=False)
-                        if t.user_attrs.get("retry_of") == victim.number and t.datetime_start
-                    ),
-                    None,
-                )
-            if retry is not None:
-                recoveries.append(retry.datetime_start.timestamp() - killed)
+        kills, restarts = inject(parent, args, random.Random(args.seed))
         _, stderr = parent.communicate()
         wall = time.monotonic() - started
-    study = optuna.load_study(study_name=study_name, storage=args.storage)
+    study = optuna.load_study(study_name=name, storage=args.storage)
     trials = study.trials
-    states = [t.state.name for t in trials]
-    # what the run counts, as its workers count it (a killed trial that was retried counts no more)
+    states = Counter(t.state.name for t in trials)
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+    recovered = sum("result_recovered_by" in t.user_attrs for t in complete)
+    # a configuration completed twice (the sampler's own repeats are pruned as duplicates)
+    duplicated = len(complete) - len({tuple(sorted(t.params.items())) for t in complete})
     counted, _ = tally(study, trials[0].user_attrs["run"])
-    scheme = args.storage.split(":", 1)[0]
-    print(f"exit {parent.returncode}; {stderr.strip().splitlines()[-1] if stderr.strip() else ''}")
+    ends = sorted(t.datetime_complete.timestamp() for t in trials if t.datetime_complete)
+    pause = max(b - a for a, b in itertools.pairwise(ends))
+    errors = [line for line in stderr.splitlines() if "Traceback" in line or line.startswith("error")]
+    print(f"exit {parent.returncode}; {len(errors)} error lines; stderr:\n{stderr.strip()}")
     print(
-        "| storage | workers | trials asked | trials in study | complete | faults injected | trials lost | RUNNING left | recovery (s) | wall (s) |"
+        "| storage | workers | trials asked | in study | complete | failed and retried | recorded from a "
+        "kept result | lost | duplicated | RUNNING/WAITING left | SIGKILLs | DB restarts | longest pause (s) "
+        "| wall (s) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     print(
-        f"| {scheme} | {args.workers} | {args.n_trials} | {len(trials)} | {states.count('COMPLETE')} | "
-        f"{len(recoveries)} SIGKILL mid-trial | {args.n_trials - counted} | {states.count('RUNNING')} | "
-        f"{', '.join(f'{r:.0f}' for r in recoveries)} | {wall:.0f} |"
+        f"| {args.storage.split(':', 1)[0]} | {args.workers} | {args.n_trials} | {len(trials)} | "
+        f"{states['COMPLETE']} | {len(retried)} | {recovered} | {args.n_trials - counted} | {duplicated} | "
+        f"{states['RUNNING']}/{states['WAITING']} | {kills} | {restarts} | {pause:.0f} | {wall:.0f} |"
     )
 
 

@@ -30,15 +30,17 @@ from pathlib import Path
 import optuna
 from sqlalchemy import text
 
-from lorasweep.optuna_private import journal_path, rdb_engine
+from lorasweep.optuna_private import journal_path, rdb_storage
+from lorasweep.storages import WeatheredStorage, transient
 
 
 @contextmanager
 def claim_lock(study: optuna.Study) -> Iterator[Callable[[], None]]:
     """Hold the study's claim lock; yields a function that releases it early (idempotent)."""
-    engine = rdb_engine(study)
+    storage = rdb_storage(study)
+    engine = storage.engine if storage is not None else None
     if engine is not None and engine.dialect.name == "postgresql":
-        with _advisory_lock(engine, _key(study.study_name)) as release:
+        with _advisory_lock(storage, _key(study.study_name)) as release:
             yield release
         return
     if engine is not None and engine.dialect.name == "sqlite":
@@ -62,20 +64,35 @@ def _key(name: str) -> int:
 
 
 @contextmanager
-def _advisory_lock(engine, key: int) -> Iterator[Callable[[], None]]:
+def _advisory_lock(storage, key: int) -> Iterator[Callable[[], None]]:
     """The lock on a connection of its own, in autocommit (no transaction left open while the trial
-    runs); released, and the connection given back, as soon as the trial is claimed."""
-    connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    runs); released, and the connection given back, as soon as the trial is claimed. Taking it
+    waits out a database outage as the storage's own calls do; a connection lost while it is held
+    takes the lock with it, so releasing it then has nothing left to do."""
+
+    def lock():
+        connection = storage.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    connection = storage.weather(lock) if isinstance(storage, WeatheredStorage) else lock()
 
     def release() -> None:
-        if not connection.closed:
-            try:
-                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-            finally:
-                connection.close()  # closing also ends the lock if the unlock failed
+        if connection.closed:
+            return
+        try:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+        except Exception as err:  # the server dropped the connection, and the lock with it
+            if not transient(err):
+                raise
+        finally:
+            connection.close()
 
     try:
-        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
         yield release
     finally:
         release()

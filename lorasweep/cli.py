@@ -6,7 +6,8 @@
     optuna-dashboard sqlite:///results/lorasweep.db
 
 Bad input (space, config, storage URL) is one line on stderr and exit code 2, before any study is
-created or changed.
+created or changed. A storage that stays unreachable longer than --storage-wait is one line and
+exit code 75: run the same command again once it is back.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from lorasweep.artifacts import DEFAULT_ARTIFACT_DIR
 from lorasweep.config import TrialConfig
 from lorasweep.display import console, dashboard_command, err_console, progress, quiet_libraries, say
 from lorasweep.search_space import DEFAULT_SPACE
-from lorasweep.study import DEFAULT_STORAGE, DEFAULT_STUDY, GRACE_S, HEARTBEAT_S
+from lorasweep.storages import EXIT_UNAVAILABLE, GRACE_S, HEARTBEAT_S, STORAGE_WAIT_S, StorageUnavailable
+from lorasweep.study import DEFAULT_STORAGE, DEFAULT_STUDY
 from lorasweep.validation import ConfigError
 
 app = typer.Typer(
@@ -35,12 +37,16 @@ app = typer.Typer(
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Bad input ends the command with one line on stderr and exit code 2."""
+    """Bad input ends the command with one line on stderr and exit code 2; a storage that stayed
+    unreachable, with one line and exit code 75."""
     try:
         yield
     except ConfigError as err:
         say(f"error: {err}", err_console)
         raise typer.Exit(2) from None
+    except StorageUnavailable as err:
+        say(f"error: {err}", err_console)
+        raise typer.Exit(EXIT_UNAVAILABLE) from None
 
 
 @app.command()
@@ -64,20 +70,22 @@ def optimize(
     devices: options.Devices = None,
     cache_dir: options.CacheDir = None,
     replicates: options.Replicates = 2,
+    storage_wait: options.StorageWait = STORAGE_WAIT_S,
 ) -> None:
     """Run an Optuna study of fine-tuning trials; re-running adds trials to the same study.
 
     --n-trials counts the trials this run adds, across all its workers: trials already in the study
     do not count; a queued baseline or a dead worker's trial run again counts like a new one.
-    After them, each arm's leader is trained with --replicates more seeds (as `lorasweep confirm`
-    does), and the verdict is printed with its uncertainty and saved as the study's note.
+    After them, each arm's leader and top learner are trained with --replicates more seeds (as
+    `lorasweep confirm` does), and the verdict is printed with its uncertainty and saved as the
+    study's note.
     """
     from lorasweep.search_space import load_space
     from lorasweep.workers import check_run, is_worker, pin_cpus, worker_command
 
     pin_cpus()  # a worker started by --workers runs on its own cores
-    from lorasweep.study import queue_arm, storage_label
-    from lorasweep.study import storage as open_storage
+    from lorasweep.storages import open_storage, storage_label
+    from lorasweep.study import queue_arm
 
     with user_errors():
         gpus = check_run(n_trials, timeout, workers, devices)
@@ -89,7 +97,7 @@ def optimize(
         TrialConfig.from_dict(searched.config, str(space))
         quiet_libraries()
         # connect first: a bad or unreachable storage is answered in seconds, before any model loads
-        store = open_storage(storage, heartbeat=(heartbeat_interval, grace_period))
+        store = open_storage(storage, heartbeat=(heartbeat_interval, grace_period), wait=storage_wait)
     # imported only now: bad input is answered before torch is loaded
     from lorasweep.display import print_best
     from lorasweep.replicates import waiting_replicates
@@ -115,8 +123,9 @@ def optimize(
             replicate(s, searched.forget_tolerance, 1, replicates, lambda n: run(n, left, waiting_replicates))
     if is_worker():  # the parent prints the answer, once
         return
-    print_best(s.study)
-    conclude(s.study)
+    with user_errors():
+        print_best(s.study)
+        conclude(s.study)
     say(f"\nopen the dashboard:  {dashboard_command(storage, artifact_dir)}")
 
 
@@ -139,14 +148,15 @@ def confirm(
     forget_tolerance: options.ForgetTolerance = None,
     artifact_dir: options.ArtifactDir = DEFAULT_ARTIFACT_DIR,
     cache_dir: options.CacheDir = None,
+    storage_wait: options.StorageWait = STORAGE_WAIT_S,
 ) -> None:
     """Train each arm's leaders again with more seeds; print the verdict with its uncertainty.
 
     The replicates are trials of the study, tagged `replicate_of`; the sampler never sees them.
     """
     from lorasweep.confirm import check
+    from lorasweep.storages import open_storage
     from lorasweep.study import load_study, recorded_space
-    from lorasweep.study import storage as open_storage
 
     with user_errors():
         check(top, seeds)
@@ -154,7 +164,7 @@ def confirm(
         loaded = load_study(storage, study)
         searched = recorded_space(loaded, "confirm its leaders")
         TrialConfig.from_dict(searched.config, f"study '{loaded.study_name}' config")
-        store = open_storage(storage, heartbeat=(HEARTBEAT_S, GRACE_S))
+        store = open_storage(storage, heartbeat=(HEARTBEAT_S, GRACE_S), wait=storage_wait)
     tolerance = searched.forget_tolerance if forget_tolerance is None else forget_tolerance
     quiet_libraries()
     from lorasweep.replicates import waiting_replicates
@@ -166,7 +176,8 @@ def confirm(
             _stop_on(*s.run(n, waiting_replicates), s.bars)
 
         replicate(s, tolerance, top, seeds, run)
-    conclude(s.study, tolerance)
+    with user_errors():
+        conclude(s.study, tolerance)
 
 
 @app.command()
@@ -187,11 +198,11 @@ def best(
     with user_errors():
         quiet_libraries(training=False)
         loaded = load_study(storage, study)
-    if json_out:
-        print(json.dumps(best_summary(loaded), indent=2))
-    else:
-        print_best(loaded)
-        say("\n" + "\n".join(verdict(loaded).lines))
+        if json_out:
+            print(json.dumps(best_summary(loaded), indent=2))
+        else:
+            print_best(loaded)
+            say("\n" + "\n".join(verdict(loaded).lines))
 
 
 @app.command()
@@ -217,11 +228,11 @@ def report(
         quiet_libraries(training=False)
         loaded = load_study(storage, study)
         target = out or default_out(loaded.study_name)
-    files = write_report(loaded, target, forget_tolerance)
-    attach(loaded, files, artifact_dir)
-    found = verdict(loaded, forget_tolerance)
-    if found.arms:  # the dashboard's note: the verdict as of this report
-        save_note(loaded, found)
+        files = write_report(loaded, target, forget_tolerance)
+        attach(loaded, files, artifact_dir)
+        found = verdict(loaded, forget_tolerance)
+        if found.arms:  # the dashboard's note: the verdict as of this report
+            save_note(loaded, found)
     say(f"wrote {target / 'report.md'} and {len(files) - 1} plots; uploaded to the study's artifacts")
     for gap in gaps(loaded, forget_tolerance):
         say(f"note: {gap}")
@@ -318,15 +329,16 @@ def dashboard(
     from optuna.artifacts import FileSystemArtifactStore
     from optuna_dashboard import run_server
 
-    from lorasweep.study import load_study, storage_label
-    from lorasweep.study import storage as open_storage
+    from lorasweep.storages import open_storage, storage_label
+    from lorasweep.study import load_study
 
     with user_errors():
         quiet_libraries(training=False)
         if not 0 < port < 65536:
             raise ConfigError(f"--port is {port}; allowed: 1..65535")
         loaded = load_study(storage, study)
-        store = open_storage(storage, create=False)
+        # no waiting out an outage: the dashboard answers each request, or shows its error
+        store = open_storage(storage, create=False, wait=None)
     artifact_dir.mkdir(parents=True, exist_ok=True)
     study_id = store.get_study_id_from_name(loaded.study_name)
     say(

@@ -18,7 +18,8 @@ from rich.table import Table
 from lorasweep.analysis import describe
 from lorasweep.records import Gap, TrialResult, forget_of, objective_attr, study_gaps, trial_gaps, value_names
 from lorasweep.replicates import REPLICATE_OF
-from lorasweep.study import best_trials, dashboard_target, objective_of
+from lorasweep.storages import dashboard_target
+from lorasweep.study import best_trials, objective_of
 
 console = Console(soft_wrap=True)  # never break a printed command or URL across lines
 err_console = Console(stderr=True, soft_wrap=True)

@@ -31,7 +31,8 @@ import torch
 
 from lorasweep.artifacts import attach
 from lorasweep.config import write_trial_yaml
-from lorasweep.optuna_private import write_intermediate_value
+from lorasweep.optuna_private import report
+from lorasweep.pending import Kept, keep, write_result
 from lorasweep.pruning import should_prune
 from lorasweep.replicates import is_replicate, replicate_seed
 from lorasweep.search_space import SearchSpace
@@ -50,11 +51,13 @@ def make_objective(
     on_step: Callable[[int, int], None] | None = None,
     cache_dir: Path | None = None,
     artifact_dir: Path | None = None,
+    keep_dir: Path | None = None,
 ) -> Callable[[optuna.Trial], float | tuple[float, float]]:
     """(learn, forget) for a pareto space; learn, with forget <= tolerance as a constraint, else.
 
     With `artifact_dir`, each completed trial also gets its resolved config as a `trial.yaml`
-    artifact (the file `lorasweep run --config` takes), shown by optuna-dashboard.
+    artifact (the file `lorasweep run --config` takes), shown by optuna-dashboard. With
+    `keep_dir`, a finished trial's result is kept there until the study has it (pending.py).
     """
     constrained = space.objective == "constrained"
     dominance = space.pruner["name"] == "dominance"
@@ -112,15 +115,20 @@ def make_objective(
         except KeyboardInterrupt as err:
             trial.set_user_attr("fail_reason", f"interrupted by {str(err) or 'SIGINT'}")
             raise
-        report(trial, result.train_steps, result.learn)  # the last point of the learning curve
-        for key, value in result.attrs().items():
-            trial.set_user_attr(key, value)
+        kept = Kept(
+            number=trial.number,
+            step=result.train_steps,  # the last point of the learning curve
+            learn=result.learn,
+            attrs=result.attrs(),
+            values=[result.learn] if constrained else [result.learn, result.forget],
+            constraint=result.forget - space.forget_tolerance if constrained else None,
+        )
+        if keep_dir is not None:  # until Optuna's tell: the result outlives this process
+            keep(keep_dir, kept)
+        write_result(trial, kept)
         if artifact_dir is not None:
             attach_config(trial, result.config, artifact_dir)
-        if constrained:
-            trial.set_constraint("forget", result.forget - space.forget_tolerance)
-            return result.learn
-        return result.learn, result.forget
+        return kept.values[0] if constrained else tuple(kept.values)
 
     return objective
 
@@ -165,12 +173,3 @@ def completed_curves(study: optuna.Study) -> list[list[tuple[float, float]]]:
             steps = sorted(learn, key=int)
             curves.append([(learn[s], forget[s]) for s in steps])
     return curves
-
-
-def report(trial: optuna.Trial, step: int, value: float) -> None:
-    """Record an intermediate learn value: for the pruner (one objective), for the dashboard's
-    learning curve (any study; Optuna cannot report on multi-objective ones)."""
-    if len(trial.study.directions) == 1:
-        trial.report(value, step)
-    else:
-        write_intermediate_value(trial, step, value)

@@ -68,13 +68,19 @@ HeartbeatInterval = Annotated[int, typer.Option(help="Seconds between a running 
 GracePeriod = Annotated[
     int, typer.Option(help="Seconds without a heartbeat after which a trial's worker counts as dead.")
 ]
+StorageWait = Annotated[
+    float,
+    typer.Option(
+        help="Seconds to wait out an unreachable storage (a database restart) before stopping with exit 75."
+    ),
+]
 Workers = Annotated[
     int, typer.Option(help="Worker processes on this machine, sharing --n-trials and the cores.")
 ]
 Replicates = Annotated[
     int,
     typer.Option(
-        help="After the search, train each arm's leader with other seeds, up to this many (0: none)."
+        help="After the search, train each arm's leaders with other seeds, up to this many (0: none)."
     ),
 ]
 Devices = Annotated[

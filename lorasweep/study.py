@@ -1,4 +1,4 @@
-"""The Optuna study: storage, sampler, metric names, baselines, and running trials.
+"""The Optuna study: its sampler, metric names, baselines and arms, on a storage (storages.py).
 
 A study is multi-objective: learn (maximize) and forget (minimize). Everything needed to read it
 later is recorded on it: the search space as read, the sampler with all its options, the base
@@ -7,16 +7,15 @@ model's own metrics. Running `optimize` again on the same study adds trials to i
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 import optuna
-from sqlalchemy.exc import SQLAlchemyError
 
 from lorasweep import __version__
 from lorasweep.replicates import WithoutReplicates, is_replicate
 from lorasweep.search_space import SearchSpace, parse_space
+from lorasweep.storages import GRACE_S, HEARTBEAT_S, open_storage, storage_label
 from lorasweep.validation import ConfigError
 
 DEFAULT_STORAGE = "sqlite:///results/lorasweep.db"
@@ -26,95 +25,6 @@ OBJECTIVES = {
     "pareto": (["learn", "forget"], ["maximize", "minimize"]),
     "constrained": (["learn"], ["maximize"]),  # forget <= tolerance as an Optuna constraint
 }
-CONNECT_TIMEOUT_S = 5  # an unreachable database server is an error within seconds, not a hang
-SQLITE_TIMEOUT_S = 60  # busy timeout, so several local workers wait for the lock instead of failing
-HEARTBEAT_S = 30  # a running trial writes a heartbeat this often
-GRACE_S = 120  # without one for this long, its worker is taken for dead
-MAX_RETRY = 2  # a dead worker's trial is run again, with the same params, at most this often
-
-
-def storage(
-    url: str, create: bool = True, heartbeat: tuple[int, int] | None = None
-) -> optuna.storages.BaseStorage:
-    """Optuna's storage for `url`; a bad URL is a one-line ConfigError, not a traceback.
-
-    SQLite, PostgreSQL and MySQL URLs open Optuna's RDB storage; `journal:///PATH` its journal
-    file storage (one machine, no database server). With `create=False` (commands that only
-    read) a missing file is an error rather than an empty study store created on the spot.
-    With `heartbeat=(interval, grace)` (commands that run trials; RDB storages only), a trial
-    whose worker died (SIGKILL, a lost machine) is marked failed once its heartbeat is older than
-    `grace` seconds, and queued to run again (Optuna's RetryHeartbeatStaleTrialCallback; the
-    retry records `failed_trial` and `retry_history`).
-    """
-    if heartbeat is not None and not 0 < heartbeat[0] < heartbeat[1]:
-        raise ConfigError(
-            f"--heartbeat-interval {heartbeat[0]} and --grace-period {heartbeat[1]}: "
-            "allowed: 0 < interval < grace period"
-        )
-    scheme = url.split(":", 1)[0].split("+", 1)[0]
-    if "://" not in url or scheme not in ("sqlite", "postgresql", "mysql", "journal"):
-        raise ConfigError(
-            f"--storage '{storage_label(url)}': not a storage URL (allowed: sqlite:///PATH, "
-            "journal:///PATH, postgresql://..., mysql://...)"
-        )
-    if scheme in ("sqlite", "journal"):
-        path = storage_path(url)
-        if not path or path == ":memory:":  # gone when the command ends
-            raise ConfigError(f"--storage '{url}': needs a file path, e.g. {scheme}:///results/lorasweep.db")
-        if not create and not Path(path).exists():
-            raise ConfigError(f"--storage '{url}': no such file ({path})")
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    if scheme == "journal":
-        from optuna.storages.journal import JournalFileBackend
-
-        try:
-            return optuna.storages.JournalStorage(JournalFileBackend(storage_path(url)))
-        except (OSError, ValueError) as err:  # a directory, no permission, not a journal
-            raise ConfigError(f"--storage '{url}': cannot open ({err.__class__.__name__}: {err})") from None
-    engine_kwargs: dict[str, Any] = {}
-    if scheme == "sqlite":
-        engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
-    else:  # PostgreSQL and MySQL drivers both take connect_timeout
-        engine_kwargs = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
-    try:
-        if heartbeat is None:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=heartbeat[0],
-            grace_period=heartbeat[1],
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRY),
-        )
-    except (SQLAlchemyError, ImportError, ValueError) as err:  # bad URL, missing driver, refused
-        reason = str(err).strip().splitlines()[0]
-        raise ConfigError(
-            f"--storage '{storage_label(url)}': cannot open ({err.__class__.__name__}: {reason})"
-        ) from None
-
-
-def storage_path(url: str) -> str:
-    """The file of a sqlite:/// or journal:/// URL (relative after three slashes, like SQLAlchemy)."""
-    return url.split(":///", 1)[-1]
-
-
-def dashboard_target(url: str) -> str:
-    """What `optuna-dashboard` takes for this storage: the URL, or a journal's file path."""
-    return storage_path(url) if url.startswith("journal:") else storage_label(url)
-
-
-def storage_label(url: str) -> str:
-    """The storage URL as it may be printed or logged: any password masked, however malformed.
-
-    Read from the text, not SQLAlchemy's make_url, which raises on a port like 'notaport' and
-    reads an unescaped '@' in a password differently from the driver, printing part of it.
-    """
-    url = re.sub(r"([?&][a-z_]*password=).*", r"\1***", url)  # libpq also takes ?password=...
-    head, at, location = url.rpartition("@")
-    scheme, slashes, userinfo = head.partition("://")
-    if not at or not slashes or ":" not in userinfo:
-        return url
-    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{location}"
 
 
 def open_study(
@@ -130,7 +40,7 @@ def open_study(
     `url` may also be a storage already opened (with its heartbeat settings). `base_metrics`, the
     base model's own, are recorded once: every trial's forget is relative to them.
     """
-    store = url if isinstance(url, optuna.storages.BaseStorage) else storage(url, heartbeat=heartbeat)
+    store = url if isinstance(url, optuna.storages.BaseStorage) else open_storage(url, heartbeat=heartbeat)
     exists = name in optuna.get_all_study_names(store)
     if exists:
         study = optuna.load_study(study_name=name, storage=store)
@@ -202,7 +112,7 @@ def _searched(raw: dict[str, Any]) -> tuple:
 
 def load_study(url: str, name: str | None) -> optuna.Study:
     """An existing study, for commands that read one; the name may be omitted if it is the only one."""
-    store = storage(url, create=False)
+    store = open_storage(url, create=False)
     names = optuna.get_all_study_names(store)
     label = storage_label(url)
     if not names:

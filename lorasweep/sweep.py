@@ -20,13 +20,15 @@ from lorasweep.analysis import plural
 from lorasweep.claim_lock import claim_lock
 from lorasweep.config import TrialConfig
 from lorasweep.confirm import leaders, queue_replicates
-from lorasweep.display import progress, say, trial_line
+from lorasweep.display import err_console, progress, say, trial_line
 from lorasweep.objective import TRIAL_FAILURES, make_objective
+from lorasweep.pending import discard, folder, record_kept
 from lorasweep.prepare import prepare
 from lorasweep.search_space import SearchSpace
 from lorasweep.study import open_study
 from lorasweep.verdict import save_note, verdict
 from lorasweep.workers import run_sweep
+from lorasweep.world import default_cache_dir
 
 
 @dataclass
@@ -35,10 +37,21 @@ class Session:
     objective: Callable[[optuna.Trial], Any]
     bars: Progress
     task: TaskID  # the trials this command runs
+    kept: Path | None  # where finished trials' results wait for the study (pending.py)
 
     def on_trial(self, frozen: optuna.trial.FrozenTrial) -> None:
         self.bars.advance(self.task)
         say(trial_line(frozen), self.bars.console)
+
+    def recover(self, study: optuna.Study) -> None:
+        """Record the results that stopped processes left on this machine (under the claim lock)."""
+        for line in record_kept(study, self.kept):
+            say(line, err_console)
+
+    def told(self, _study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
+        """After Optuna's tell: the study has the trial's result, its kept copy goes."""
+        if self.kept is not None:
+            discard(self.kept / f"trial-{frozen.number}.json")
 
     def run(
         self,
@@ -62,6 +75,8 @@ class Session:
             devices,
             self.on_trial,
             before_trial=before_trial,
+            recover=self.recover,
+            callbacks=[self.told],
             catch=TRIAL_FAILURES,
         )
 
@@ -85,13 +100,13 @@ def session(
 
         prepared = prepare(TrialConfig.from_dict(space.config, str(space.path)), cache_dir, on_build_step)
         study = open_study(name, store, space, seed, base_metrics=prepared.base_metrics)
+        kept = folder(cache_dir or default_cache_dir(), study)
         bars.update(build, visible=False)
         task = bars.add_task("trials", total=None, visible=False)
         steps = bars.add_task("steps", total=None, visible=steps_shown)
-        objective = make_objective(
-            space, lambda s, n: bars.update(steps, completed=s, total=n), cache_dir, artifact_dir
-        )
-        yield Session(study, objective, bars, task)
+        on_step = lambda s, n: bars.update(steps, completed=s, total=n)
+        objective = make_objective(space, on_step, cache_dir, artifact_dir, kept)
+        yield Session(study, objective, bars, task, kept)
 
 
 def replicate(s: Session, tolerance: float | None, top: int, seeds: int, run: Callable[[int], Any]) -> None:
@@ -112,7 +127,7 @@ def replicate(s: Session, tolerance: float | None, top: int, seeds: int, run: Ca
     ahead = queued - len(pending)
     say(
         f"replicating trial{'s' * (len(of) > 1)} {', '.join(map(str, of))} "
-        f"(each arm's leader{'s' * (top > 1)}): {plural(len(pending), 'more seed')}"
+        f"(each arm's leader{'s' * (top > 1)} and top learner): {plural(len(pending), 'more seed')}"
         + (f", after {plural(ahead, 'trial')} queued before them" if ahead else ""),
         s.bars.console,
     )

@@ -36,7 +36,8 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from lorasweep.claim_lock import claim_lock
-from lorasweep.optuna_private import heartbeats_enabled
+from lorasweep.optuna_private import heartbeats_enabled, set_waiting_attrs
+from lorasweep.storages import EXIT_UNAVAILABLE, StorageUnavailable
 from lorasweep.validation import ConfigError
 
 SEED_STRIDE = 1_000_003  # worker i samples with seed + i * SEED_STRIDE: no two workers draw alike
@@ -104,7 +105,7 @@ def run_sweep(
     """
     if workers > 1:
         return run_workers(command, n_trials, timeout, workers, seed, devices, study, on_trial)
-    callbacks = [lambda _study, frozen: on_trial(frozen)]
+    callbacks = [*optimize_kwargs.pop("callbacks", ()), lambda _study, frozen: on_trial(frozen)]
     code = run_here(study, objective, n_trials, timeout, callbacks=callbacks, **optimize_kwargs)
     return code, INTERRUPTED.format("trial is") if code else ""
 
@@ -179,6 +180,7 @@ def run_trials(
     n_trials: int,
     timeout: float | None = None,
     before_trial: Callable[[optuna.Study], bool] | None = None,
+    recover: Callable[[optuna.Study], None] | None = None,
     **optimize_kwargs: Any,
 ) -> None:
     """Optuna's `study.optimize`, one trial at a time, until this run has `n_trials` trials.
@@ -191,29 +193,68 @@ def run_trials(
     heartbeats on, a worker with nothing left to start waits while the run's other trials are
     running, to take over any whose worker dies. `before_trial(study)` runs under the same lock
     just before each trial starts (study.queue_arm: which arm it belongs to); when it returns
-    False, the run has nothing to start (its replicates were all taken).
+    False, the run has nothing to start (its replicates were all taken). `recover(study)` runs
+    under the lock first, before stale trials are failed: it records the results that stopped
+    processes left on this machine (pending.record_kept), so their trials are not trained again.
     """
     run = os.environ.get(RUN_ENV) or uuid.uuid4().hex[:12]
-    worker = f"{socket.gethostname()}:{os.getpid()}"
+    tags = {"run": run, "worker": f"{socket.gethostname()}:{os.getpid()}"}
     heartbeats = heartbeats_enabled(study)
     start = time.monotonic()
     while timeout is None or time.monotonic() - start < timeout:
         with claim_lock(study) as release:
+            if recover is not None:
+                recover(study)
+            if heartbeats:
+                optuna.storages.fail_stale_trials(study)  # a dead worker's trial, queued again
             counted, running = tally(study, run)
             if counted < n_trials and (before_trial is None or before_trial(study)):
+                tag_next(study, tags)
 
                 def claimed(trial: optuna.Trial, release=release) -> Any:
-                    trial.set_user_attr("run", run)
-                    trial.set_user_attr("worker", worker)
+                    for key, value in tags.items():  # another process took the trial tagged
+                        if trial.user_attrs.get(key) != value:  # (a lock lost in an outage)
+                            trial.set_user_attr(key, value)
                     release()  # the trial counts now: the next process may claim
                     return objective(trial)
 
-                study.optimize(claimed, n_trials=1, **optimize_kwargs)
+                try:
+                    study.optimize(claimed, n_trials=1, **optimize_kwargs)
+                except Exception as err:
+                    outage = _outage_within(err)
+                    if outage is None:
+                        raise
+                    raise outage from None
                 continue
         if not (heartbeats and running):
             return
         time.sleep(POLL_S)
-        optuna.storages.fail_stale_trials(study)  # a dead worker's trial, queued again
+
+
+def _outage_within(err: BaseException) -> StorageUnavailable | None:
+    """The storage outage behind `err`, if any. When a storage call in Optuna's tell outlasts the
+    wait, Optuna's own clean-up (a `finally` that reads a result never assigned) raises an
+    UnboundLocalError over our StorageUnavailable: the outage is what the user must hear about."""
+    while err is not None:
+        if isinstance(err, StorageUnavailable):
+            return err
+        err = err.__context__
+    return None
+
+
+def tag_next(study: optuna.Study, attrs: dict[str, str]) -> None:
+    """Tag the trial this process starts next with `attrs` (its run and worker) while it still
+    waits in Optuna's queue, which `study.ask` empties oldest first; queue a blank one if none
+    waits (a plain WAITING trial, not `enqueue_trial`'s fixed params, so samplers treat it as a
+    new trial). So from the instant a trial is RUNNING it names its run: if its worker dies then,
+    the run counts it, waits for the heartbeat to fail it, and runs it again. (Tagged after
+    `ask`, a worker killed in between left a trial no run waited for.)
+    """
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    if not waiting:
+        study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, user_attrs=attrs))
+        return
+    set_waiting_attrs(study, waiting[0], attrs)
 
 
 def run_workers(
@@ -228,45 +269,81 @@ def run_workers(
 ) -> tuple[int, str]:
     """Run `command` (an optimize command) as `workers` processes that add `n_trials` between them.
 
-    Returns (exit code, what to tell the user): 130/143 when Ctrl-C/SIGTERM was passed on; 0 once
-    the run has its trials, with a word on any worker that died on the way; else the exit code and
-    log of a failed worker.
+    A worker SIGKILLed by someone else (the kernel's OOM killer, an operator, a scheduler) is
+    replaced, with a sampler seed of its own, while the run still lacks trials or waits for
+    running ones, up to `n_trials` times: the run keeps its workers and its pace. One that exits
+    with an error or crashes is not (it would again). Returns (exit code, what to tell the user):
+    130/143 when Ctrl-C/SIGTERM was passed on; 0 once the run has its trials, with a word on any
+    worker killed on the way; 75 when the storage stayed unreachable before that; else the exit
+    code and log of a failed worker.
     """
     run = uuid.uuid4().hex[:12]
     workers = min(workers, n_trials)
+    started = time.monotonic()
     seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+    starts = [0] * workers  # processes started in each worker's place
+
+    def start(i: int, log) -> subprocess.Popen | None:
+        left = None if timeout is None else timeout - (time.monotonic() - started)
+        if left is not None and left <= 0:
+            return None
+        env = {**os.environ, CPUS_ENV: ",".join(map(str, cpu_sets(workers)[i])), RUN_ENV: run}
+        if devices:
+            env["CUDA_VISIBLE_DEVICES"] = devices[i]
+        worker_seed = seed + (i + workers * starts[i]) * SEED_STRIDE  # a replacement draws anew
+        argv = [*command, "--n-trials", str(n_trials), "--seed", str(worker_seed), "--replicates", "0"]
+        argv += ["--timeout", f"{left:g}"] if left is not None else []
+        starts[i] += 1
+        # a new session: Ctrl-C reaches the parent only, which passes it on once
+        return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+
+    def replace(i: int, log) -> subprocess.Popen | None:
+        counted, running = tally(study, run)
+        if sum(starts) - workers >= n_trials or not (counted < n_trials or running):
+            return None
+        try:
+            return start(i, log)
+        except OSError:  # no memory or processes left for one: the other workers go on
+            return None
+
     with ExitStack() as stack:
         logdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         logs = [stack.enter_context((logdir / f"worker{i}.log").open("w+")) for i in range(workers)]
-        procs = []
-        for i, (cpus, log) in enumerate(zip(cpu_sets(workers), logs)):
-            env = {**os.environ, CPUS_ENV: ",".join(map(str, cpus)), RUN_ENV: run}
-            if devices:
-                env["CUDA_VISIBLE_DEVICES"] = devices[i]
-            argv = [*command, "--n-trials", str(n_trials), "--seed", str(seed + i * SEED_STRIDE)]
-            argv += ["--replicates", "0"] + (["--timeout", str(timeout)] if timeout is not None else [])
-            # a new session: Ctrl-C reaches the parent only, which passes it on once
-            procs.append(
-                subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
-            )
-        received = _watch(procs, study, seen, on_trial)
+        procs = [start(i, log) for i, log in enumerate(logs)]
+        received, unavailable = _watch(procs, logs, study, seen, on_trial, replace)
         if received:
             return (143 if received[0] == signal.SIGTERM else 130), INTERRUPTED.format("trials are")
-        failed = [
-            (i, proc.returncode, log) for i, (proc, log) in enumerate(zip(procs, logs)) if proc.returncode
-        ]
+        if unavailable is not None:  # the study cannot be read: whether the run is done is unknown
+            return EXIT_UNAVAILABLE, f"error: {unavailable}"
+        killed = sum(starts) - workers
+        replaced = f"{killed} killed worker{'s' * (killed > 1)} replaced" if killed else ""
+        failed = [(i, p.returncode, log) for i, (p, log) in enumerate(zip(procs, logs)) if p.returncode]
         if not failed:
-            return 0, ""
+            return 0, replaced
         i, code, log = failed[0]
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit {code}"
         if tally(study, run)[0] >= n_trials:
-            return 0, f"worker {i} stopped ({how}); the other workers took over its trials"
+            took_over = f"worker {i} stopped ({how}); the other workers took over its trials"
+            return 0, "; ".join(filter(None, [took_over, replaced]))
+        if code == EXIT_UNAVAILABLE:
+            return code, f"error: {_last_error(log)}"
         log.seek(0)
         return (code if code > 0 else 1), f"worker {i} failed ({how}):\n{log.read().strip()[-2000:]}"
 
 
-def _watch(procs, study, seen, on_trial) -> list[int]:
-    """Print trials as they finish until every worker has ended; the signals passed on."""
+def _last_error(log) -> str:
+    """A worker's last `error:` line (the one line it printed before it stopped)."""
+    log.seek(0)
+    errors = [line.removeprefix("error: ") for line in log.read().splitlines() if line.startswith("error:")]
+    return errors[-1] if errors else "a worker stopped with exit 75: its storage stayed unreachable"
+
+
+def _watch(procs, logs, study, seen, on_trial, replace) -> tuple[list[int], StorageUnavailable | None]:
+    """Print trials as they finish, replacing killed workers, until every worker has ended.
+
+    Returns the signals passed on, and the storage's outage if the study could not be read for
+    longer than its wait at the last look (the workers, on the same storage, stop by themselves).
+    """
     received: list[int] = []
 
     def forward(signum: int, _frame) -> None:
@@ -276,15 +353,24 @@ def _watch(procs, study, seen, on_trial) -> list[int]:
                 proc.send_signal(signum)
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    unavailable = None
     try:
         while True:
-            running = [p for p in procs if p.poll() is None]
-            for t in study.get_trials(deepcopy=False):
-                if t.state.is_finished() and t.number not in seen:
-                    seen.add(t.number)
-                    on_trial(t)
-            if not running:
-                return received
+            try:
+                for i, proc in enumerate(procs):
+                    if proc.poll() == -signal.SIGKILL and not received:
+                        procs[i] = replace(i, logs[i]) or proc
+                        if procs[i] is not proc:  # above the progress bars, as trial lines are
+                            print(f"worker {i} killed by SIGKILL; replaced", file=sys.stderr, flush=True)
+                for t in study.get_trials(deepcopy=False):
+                    if t.state.is_finished() and t.number not in seen:
+                        seen.add(t.number)
+                        on_trial(t)
+                unavailable = None
+            except StorageUnavailable as err:
+                unavailable = err
+            if all(p.poll() is not None for p in procs):
+                return received, unavailable
             time.sleep(1.0)
     finally:
         for s, handler in previous.items():

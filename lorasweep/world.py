@@ -18,12 +18,14 @@ a fingerprint of this recipe, so the second run starts at once and every later s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import random
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ from lorasweep.config import WorldConfig
 
 # Bump when generation or pretraining changes, so cached base models are rebuilt.
 WORLD_VERSION = 1
+WEIGHTS_RECORD = "weights.sha256"  # beside a cached base model: its weights' fingerprint when built
 
 SYLLABLES = [
     "ba",
@@ -242,15 +245,25 @@ def ensure_base_model(
 
     The model is built in a temporary directory and moved into place whole, so an interrupted build
     never leaves a half-written cache behind, and concurrent workers simply use the first one ready.
+    Its weights' fingerprint is recorded beside them (WEIGHTS_RECORD) and checked on every use: a
+    damaged copy (a truncated file, a disk error) is rebuilt, with a one-line notice.
     """
     cache_dir = Path(cache_dir or default_cache_dir())
     target = cache_dir / f"base-{world_fingerprint(cfg)}"
     if (target / "config.json").exists():
-        return target
+        damage = _damage(target)
+        if damage is None:
+            return target
+        print(f"base model cache {target}: {damage}; rebuilding it", file=sys.stderr, flush=True)
+        aside = Path(tempfile.mkdtemp(prefix=".damaged-", dir=cache_dir))
+        with contextlib.suppress(OSError):  # another worker moved it first
+            target.rename(aside / target.name)  # out of the way whole: a process reading it keeps its files
+        shutil.rmtree(aside, ignore_errors=True)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=cache_dir))
     try:
         _pretrain(cfg, tmp, on_step)
+        (tmp / WEIGHTS_RECORD).write_text(_weights_fingerprint(tmp))
         try:
             tmp.rename(target)
         except OSError:  # another worker finished first
@@ -259,6 +272,32 @@ def ensure_base_model(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _damage(base_dir: Path) -> str | None:
+    """What is wrong with a cached base model, or None. One cached before its fingerprint was
+    recorded (an earlier lorasweep) gets it recorded now, as it is."""
+    record = base_dir / WEIGHTS_RECORD
+    try:
+        found = _weights_fingerprint(base_dir)
+        recorded = record.read_text().strip() if record.exists() else ""
+    except OSError as err:
+        return f"cannot read it ({err.__class__.__name__}: {err})"
+    if not recorded:
+        partial = record.with_name(f".{WEIGHTS_RECORD}.{os.getpid()}")
+        with contextlib.suppress(OSError):  # a read-only cache is used as it is
+            partial.write_text(found)
+            partial.replace(record)  # whole: a worker starting beside this one never reads half
+        return None
+    if found != recorded:
+        return f"its weights' fingerprint is {found}, not the {recorded} recorded when it was built"
+    return None
+
+
+def _weights_fingerprint(base_dir: Path) -> str:
+    from lorasweep.modeling import weights_fingerprint  # imports torch: only once a model is used
+
+    return weights_fingerprint(base_dir)
 
 
 def _pretrain(cfg: WorldConfig, out: Path, on_step: Callable[[int, int], None] | None) -> None:

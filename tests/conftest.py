@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -202,8 +203,19 @@ def optimize(tmp_path: Path, space: Path | str, *args: str) -> str:
     return url
 
 
+@dataclass
+class Postgres:
+    """A private PostgreSQL cluster: its URL, and pg_ctl to restart, stop or start it."""
+
+    url: str
+    pg_ctl: list
+
+    def ctl(self, *args: str) -> None:
+        subprocess.run([*self.pg_ctl, *args], check=True, capture_output=True, text=True, timeout=120)
+
+
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
+def postgres() -> Iterator[Postgres]:
     """A private PostgreSQL cluster for the session: initdb in a temp dir, a free port on 127.0.0.1.
 
     Skipped where PostgreSQL's server programs are not installed (`.ci/run` installs them).
@@ -222,10 +234,16 @@ def postgres_url() -> Iterator[str]:
     run = partial(subprocess.run, check=True, capture_output=True, text=True, timeout=120)
     run([*as_owner, bindir / "initdb", "-D", data / "db", "-U", "lorasweep", "--auth=trust"])
     options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1"
-    run([*as_owner, bindir / "pg_ctl", "-D", data / "db", "-o", options, "-l", data / "log", "-w", "start"])
+    pg_ctl = [*as_owner, bindir / "pg_ctl", "-D", data / "db", "-o", options, "-l", data / "log", "-w"]
+    run([*pg_ctl, "start"])
     try:
         # a password in the URL (trust auth ignores it) so tests can check it is never printed
-        yield f"postgresql://lorasweep:s3cret@127.0.0.1:{port}/postgres"
+        yield Postgres(f"postgresql://lorasweep:s3cret@127.0.0.1:{port}/postgres", pg_ctl)
     finally:
-        run([*as_owner, bindir / "pg_ctl", "-D", data / "db", "-m", "immediate", "stop"])
+        run([*pg_ctl, "-m", "immediate", "stop"], check=False)
         shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres: Postgres) -> str:
+    return postgres.url

@@ -179,19 +179,19 @@ def test_the_cli_says_it_in_one_line_with_exit_2_and_no_study(tmp_path, tiny_spa
     ],
 )
 def test_a_malformed_storage_url_is_one_line_without_the_password(url, message):
-    from lorasweep.study import storage
+    from lorasweep.storages import open_storage
 
     with pytest.raises(ConfigError) as info:
-        storage(url)
+        open_storage(url)
     text = str(info.value)
     assert text.startswith(message) and "secret" not in text and len(text.splitlines()) == 1, text
 
 
 def test_a_storage_url_with_a_bad_port_is_one_line_without_the_password():
-    from lorasweep.study import storage
+    from lorasweep.storages import open_storage
 
     with pytest.raises(ConfigError) as info:
-        storage("postgresql://u:secret@db.example:notaport/db")
+        open_storage("postgresql://u:secret@db.example:notaport/db")
     assert "secret" not in str(info.value) and "notaport" in str(info.value)
 
 
@@ -207,11 +207,11 @@ def silent_server():
 def test_a_database_server_that_never_answers_is_an_error_within_the_connect_timeout(
     silent_server, monkeypatch
 ):
-    from lorasweep import study
+    from lorasweep import storages
 
-    monkeypatch.setattr(study, "CONNECT_TIMEOUT_S", 2)  # libpq's smallest; the default is 5
+    monkeypatch.setattr(storages, "CONNECT_TIMEOUT_S", 2)  # libpq's smallest; the default is 5
     start = time.monotonic()
     with pytest.raises(ConfigError, match="timeout") as info:
-        study.storage(f"postgresql://u:secret@127.0.0.1:{silent_server}/db")
+        storages.open_storage(f"postgresql://u:secret@127.0.0.1:{silent_server}/db")
     assert time.monotonic() - start < 10  # without a connect_timeout, psycopg waits 130 s
     assert "secret" not in str(info.value) and "postgresql://u:***@127.0.0.1" in str(info.value)

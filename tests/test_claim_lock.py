@@ -7,7 +7,7 @@ import optuna
 import pytest
 
 from lorasweep.claim_lock import claim_lock
-from lorasweep.study import storage
+from lorasweep.storages import open_storage
 
 
 def second_claim_waits_for_the_first(study_a: optuna.Study, study_b: optuna.Study) -> None:
@@ -28,8 +28,8 @@ def second_claim_waits_for_the_first(study_a: optuna.Study, study_b: optuna.Stud
 
 
 def opened_twice(url: str, name: str) -> tuple[optuna.Study, optuna.Study]:
-    optuna.create_study(study_name=name, storage=storage(url), load_if_exists=True)
-    return tuple(optuna.load_study(study_name=name, storage=storage(url)) for _ in range(2))
+    optuna.create_study(study_name=name, storage=open_storage(url), load_if_exists=True)
+    return tuple(optuna.load_study(study_name=name, storage=open_storage(url)) for _ in range(2))
 
 
 @pytest.mark.parametrize("scheme", ["sqlite", "journal"])

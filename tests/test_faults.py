@@ -1,5 +1,7 @@
-"""Faults a sweep must survive: Ctrl-C or SIGTERM mid-trial, a killed worker, a trial out of memory."""
+"""Faults a sweep must survive: Ctrl-C or SIGTERM mid-trial, a worker killed at any point of a
+trial's life, a trial out of memory."""
 
+import os
 import signal
 import sqlite3
 import subprocess
@@ -14,10 +16,26 @@ import yaml
 from conftest import TINY_SPACE, optimize
 
 from lorasweep.objective import TRIAL_FAILURES, make_objective
+from lorasweep.pending import folder
 from lorasweep.search_space import load_space
 from lorasweep.study import open_study
+from lorasweep.workers import tally
 
 HEARTBEAT = ("--heartbeat-interval", "1", "--grace-period", "3")
+KILL_POINTS_DIR = Path(__file__).parent / "kill_points"  # its sitecustomize.py kills at a point
+# a trial's life, in order (tests/kill_points/sitecustomize.py says where each is)
+KILL_POINTS = [
+    "queued",  # tagged with its run, still waiting in Optuna's queue
+    "created",  # RUNNING, before the sampler
+    "sampled",  # the objective started
+    "preparing",  # building the trial's model
+    "training",  # at an intermediate evaluation
+    "evaluating",  # the final evaluation
+    "kept",  # the result kept on disk (pending.py), nothing written yet
+    "writing",  # the result half written
+    "uploading",  # the trial.yaml artifact
+    "told",  # the result recorded, its kept copy not yet removed
+]
 
 
 def running_trial(url: str, training: bool = False) -> bool:
@@ -120,3 +138,51 @@ def test_a_trial_out_of_memory_is_failed_with_the_reason_and_the_sweep_goes_on(
     assert first.state == optuna.trial.TrialState.FAIL
     assert first.user_attrs["fail_reason"].startswith("OutOfMemoryError: injected: CUDA out of memory")
     assert second.state == optuna.trial.TrialState.COMPLETE
+
+
+def test_a_worker_killed_at_any_point_of_a_trial_leaves_nothing_running(tmp_path, cache_dir, prepared):
+    """Two workers, SIGKILLed at each of KILL_POINTS in turn (once each, in a trial that is not a
+    retry; each killed worker is replaced): the run reaches its 12 trials, nothing is left RUNNING
+    or queued, and each killed trial was run again (its retry recorded) or, once its result was
+    kept, recorded from the kept copy instead of being trained again."""
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(TINY_SPACE, sort_keys=False))
+    url = f"sqlite:///{tmp_path}/s.db"
+    (tmp_path / "killed").mkdir()
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(KILL_POINTS_DIR), os.environ.get("PYTHONPATH")])),
+        "LORASWEEP_KILL_AT": ",".join(KILL_POINTS),
+        "LORASWEEP_KILL_DIR": str(tmp_path / "killed"),
+        "LORASWEEP_CACHE_DIR": str(cache_dir),
+    }
+    command = [sys.executable, "-m", "lorasweep", "optimize", "--space", "space.yaml", "--storage", url]
+    # a grace period with room for a loaded machine: a live worker's heartbeat is never late by 5 s
+    command += ["--workers", "2", "--n-trials", "12", "--replicates", "0"]
+    command += ["--heartbeat-interval", "1", "--grace-period", "5"]
+    result = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "killed by SIGKILL; replaced" in result.stderr
+    killed = {p.name: int(p.read_text()) for p in (tmp_path / "killed").iterdir()}
+    assert sorted(killed) == sorted(KILL_POINTS), "a point no worker reached"
+    study = optuna.load_study(study_name="default", storage=url)
+    trials = study.trials
+    states = [t.state.name for t in trials]
+    assert "RUNNING" not in states and "WAITING" not in states, states
+    assert tally(study, trials[0].user_attrs["run"]) == (12, 0)
+    by_id = {t._trial_id: t for t in trials}
+    for point, trial_id in killed.items():
+        dead = by_id[trial_id]
+        retries = [t for t in trials if t.user_attrs.get("retry_of") == dead.number]
+        if point in ("queued", "told"):  # waiting still / the study had the result: run once
+            assert dead.state.name == "COMPLETE" and not retries, point
+        elif point in ("kept", "writing", "uploading"):  # recorded from the kept result
+            assert dead.state.name == "COMPLETE" and not retries, point
+            assert "result_recovered_by" in dead.user_attrs and "learn" in dead.user_attrs, point
+        else:  # failed by its heartbeat and run again: the same configuration once it was sampled
+            (retry,) = retries
+            assert dead.state.name == "FAIL" and retry.state.name == "COMPLETE", point
+            assert retry.params == dead.params or not dead.params, point
+    assert states.count("FAIL") == 5  # the five points with nothing kept yet, and no other
+    assert not list(folder(cache_dir, study).glob("*"))  # no kept result left behind

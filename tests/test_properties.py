@@ -285,6 +285,6 @@ def storage_urls(draw) -> str:
 @example(f"postgresql://u@db.example:5432/db?password={PASSWORD}")
 @example(f"postgresql://u:pa@{PASSWORD}@db.example:5432/db")
 def test_a_storage_url_is_printed_without_its_password(url):
-    from lorasweep.study import storage_label
+    from lorasweep.storages import storage_label
 
     assert PASSWORD not in storage_label(url)

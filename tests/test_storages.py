@@ -13,7 +13,7 @@ import yaml
 from conftest import TINY_SPACE, invoke
 from test_workers import four_workers_share_one_study
 
-from lorasweep.study import storage
+from lorasweep.storages import open_storage
 
 
 def test_four_workers_share_one_postgresql_study(postgres_url, tmp_path, cache_dir, prepared):
@@ -28,7 +28,7 @@ def test_a_journal_file_holds_a_study_that_the_reading_commands_open(tmp_path, c
     assert result.returncode == 0, result.stderr
     assert "optuna-dashboard results/s.journal" in result.stdout  # what optuna-dashboard opens
     trials = optuna.load_study(
-        study_name="default", storage=storage(f"journal:///{tmp_path}/results/s.journal")
+        study_name="default", storage=open_storage(f"journal:///{tmp_path}/results/s.journal")
     ).trials
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
     best = invoke("best", "--storage", url, "--json", cwd=tmp_path)

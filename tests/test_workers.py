@@ -2,10 +2,7 @@
 
 import math
 import os
-import signal
-import subprocess
 import sys
-import time
 
 import optuna
 import typer.main
@@ -47,7 +44,7 @@ def test_four_workers_share_one_sqlite_study(tmp_path, cache_dir, prepared):
 def four_workers_share_one_study(url: str, tmp_path, cache_dir) -> None:
     """`optimize --workers 4 --n-trials 8 --replicates 1` on `url`: 8 complete trials, none lost or
     repeated, the methods (`compare: method`) 4 each, as the workers take turns; then each
-    method's leader once more, with seed 1, by the same workers."""
+    method's leaders once more, with seed 1, by the same workers."""
     space = {**TINY_SPACE, "compare": "method"}
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
     args = [
@@ -67,10 +64,13 @@ def four_workers_share_one_study(url: str, tmp_path, cache_dir) -> None:
     assert "s3cret" not in result.stdout + result.stderr  # the password is masked wherever printed
     assert "adding 8 from space.yaml with 4 workers" in " ".join(result.stdout.split())  # rich wraps
     trials = optuna.load_study(study_name="default", storage=url).trials
-    assert [t.state.name for t in trials] == ["COMPLETE"] * 10  # none lost, none extra
+    assert [t.state.name for t in trials] == ["COMPLETE"] * len(trials)  # none lost
     trials, replicas = trials[:8], trials[8:]
-    assert sorted(trials[t.user_attrs["replicate_of"]].params["method"] for t in replicas) == ["full", "lora"]
-    assert [t.user_attrs["seed"] for t in replicas] == [1, 1]
+    # one more seed for each method's leader and top learner (the same trial or two)
+    methods = [trials[t.user_attrs["replicate_of"]].params["method"] for t in replicas]
+    assert {"full", "lora"} == set(methods) and len(methods) <= 4
+    assert len({t.user_attrs["replicate_of"] for t in replicas}) == len(replicas)  # none extra
+    assert {t.user_attrs["seed"] for t in replicas} == {1}
     assert "Verdict on method" in result.stdout
     assert sorted(t.number for t in trials) == list(range(8))
     for baseline in TINY_SPACE["baselines"]:  # each enqueued baseline ran exactly once
@@ -85,47 +85,3 @@ def four_workers_share_one_study(url: str, tmp_path, cache_dir) -> None:
             t.user_attrs
         )
         assert t.user_attrs["threads"] <= math.ceil(len(os.sched_getaffinity(0)) / 4)  # a share of the cores
-
-
-def test_a_worker_killed_mid_trial_is_taken_over_and_the_run_reaches_its_total(tmp_path, cache_dir, prepared):
-    space = {**TINY_SPACE, "config": {**TINY_SPACE["config"], "train_tokens": 8192 * 4}}
-    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
-    url = f"sqlite:///{tmp_path}/s.db"
-    parent = subprocess.Popen(
-        [sys.executable, "-m", "lorasweep", "optimize", "--space", "space.yaml", "--storage", url]
-        + ["--workers", "2", "--n-trials", "4", "--heartbeat-interval", "1", "--grace-period", "3"]
-        + ["--replicates", "0"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    victim = None
-    deadline = time.monotonic() + 180
-    while victim is None:  # a claimed trial whose objective has its config: inside its training
-        assert parent.poll() is None and time.monotonic() < deadline, parent.communicate()
-        time.sleep(0.1)
-        victim = next((t for t in claimed_trials(url) if "config" in t.user_attrs), None)
-    os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
-    _, stderr = parent.communicate(timeout=300)
-    assert parent.returncode == 0, stderr
-    assert "stopped (killed by SIGKILL); the other workers took over its trials" in stderr
-    trials = optuna.load_study(study_name="default", storage=url).trials
-    states = [t.state.name for t in trials]
-    assert states.count("COMPLETE") == 4 and states.count("FAIL") == 1 and len(trials) == 5
-    (dead,) = [t for t in trials if t.state.name == "FAIL"]
-    assert dead.number == victim.number
-    (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == dead.number]
-    assert retry.state.name == "COMPLETE" and retry.params == dead.params
-    assert retry.user_attrs["retry_history"] == [dead.number]
-
-
-def claimed_trials(url: str) -> list[optuna.trial.FrozenTrial]:
-    """The study's running trials that a worker has claimed (they name their worker's pid)."""
-    try:
-        study = optuna.load_study(study_name="default", storage=url)
-    except KeyError:
-        return []
-    return [
-        t for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)) if "worker" in t.user_attrs
-    ]

@@ -1,7 +1,13 @@
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+
 from transformers import AutoTokenizer
 
 from lorasweep.config import WorldConfig
-from lorasweep.world import build_world, ensure_base_model, make_tokenizer
+from lorasweep.world import WEIGHTS_RECORD, build_world, ensure_base_model, make_tokenizer
 
 
 def test_world_is_deterministic(tiny_world):
@@ -68,3 +74,35 @@ def test_base_model_knows_general_people_not_domain_ones(prepared):
     base = prepared.base_metrics
     # held-out paraphrases of general people are far more predictable than of domain people
     assert base["domain_loss"] > base["general_loss"] + 1.0
+
+
+def test_a_damaged_base_model_cache_is_rebuilt_with_a_notice(prepared, tiny_world, tmp_path, capfd):
+    cached = tmp_path / prepared.base_dir.name
+    shutil.copytree(prepared.base_dir, cached)
+    weights = cached / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a disk that filled up
+    capfd.readouterr()
+    assert ensure_base_model(tiny_world, tmp_path) == cached
+    (notice,) = [line for line in capfd.readouterr().err.splitlines() if line.startswith("base model")]
+    assert notice.startswith(f"base model cache {cached}: its weights' fingerprint is ")
+    assert notice.endswith("recorded when it was built; rebuilding it")
+    assert weights.stat().st_size == (prepared.base_dir / "model.safetensors").stat().st_size
+    assert ensure_base_model(tiny_world, tmp_path) == cached  # whole now: used as it is
+    assert "base model" not in capfd.readouterr().err
+
+
+def test_a_base_model_build_killed_halfway_leaves_nothing_taken_for_complete(tiny_world, tmp_path):
+    code = (
+        "import sys, json; from lorasweep.config import WorldConfig; from lorasweep.world import "
+        "ensure_base_model; ensure_base_model(WorldConfig(**json.loads(sys.argv[1])), sys.argv[2], "
+        "lambda step, total: step == 10 and print('pretraining', flush=True))"
+    )
+    build = [sys.executable, "-c", code, json.dumps(dataclasses.asdict(tiny_world)), str(tmp_path)]
+    builder = subprocess.Popen(build, stdout=subprocess.PIPE, text=True)
+    assert builder.stdout.readline() == "pretraining\n"  # at step 10 of its pretraining
+    builder.kill()
+    builder.wait()
+    assert not list(tmp_path.glob("base-*"))  # no cache to take for complete
+    assert subprocess.run(build, check=False).returncode == 0  # the next build is whole
+    (built,) = tmp_path.glob("base-*")
+    assert (built / WEIGHTS_RECORD).exists() and (built / "model.safetensors").exists()
