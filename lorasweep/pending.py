@@ -1,9 +1,10 @@
 """A finished trial's result, kept on local disk until the study has it.
 
-    kept = Kept(...); path = keep(folder, study, kept)   # the objective, before its first write
-    write_result(trial, kept)                            # ...its writes; then Optuna's tell
-    discard(path)                                        # after the tell (sweep.Session.run)
-    record_kept(study, folder)                           # a later process: what was left
+    where = folder(cache_dir, study)      # this study's, on this machine
+    keep(where, Kept(...))                # the objective, before its first write of a result
+    write_result(trial, kept)             # ...its writes; then Optuna's tell
+    discard(where, trial.number)          # after the tell (sweep.Session.told)
+    record_kept(study, where)             # a later process: the results left by one now gone
 
 A trial's result reaches the study in several writes: the last point of its learning curve, its
 records (user attrs), its constraint, then its values and state (Optuna's tell). Training may have
@@ -12,8 +13,9 @@ storage unreachable for longer than --storage-wait), the result would be lost an
 failed by its heartbeat, trained again. So the objective keeps the whole result in a file under
 `<cache>/pending/<storage and study>/` before it writes, and the file goes once Optuna has told
 the study. A file left behind by a process that is gone is written to its trial, if the trial is
-still RUNNING, by the next process on this machine that runs the study: at its start, and while
-it waits for other workers' trials, before stale trials are failed (workers.run_trials).
+still RUNNING, by the next process on this machine that runs the study: before each trial it
+claims and while it waits for other workers' trials, ahead of failing stale trials
+(workers.run_trials).
 """
 
 from __future__ import annotations
@@ -65,18 +67,22 @@ def folder(cache_dir: Path, study: optuna.Study) -> Path | None:
     return Path(cache_dir) / "pending" / digest
 
 
-def keep(where: Path, kept: Kept) -> Path:
+def keep(where: Path, kept: Kept) -> None:
     """Write `kept` to `where`, whole or not at all (a file renamed into place)."""
     where.mkdir(parents=True, exist_ok=True)
-    path = where / f"trial-{kept.number}.json"
+    path = _path(where, kept.number)
     partial = path.with_suffix(f".{os.getpid()}.tmp")
     partial.write_text(json.dumps(asdict(kept)))
     partial.replace(path)
-    return path
 
 
-def discard(path: Path) -> None:
-    path.unlink(missing_ok=True)
+def discard(where: Path, number: int) -> None:
+    """Remove trial `number`'s kept result, if there is one: the study has it."""
+    _path(where, number).unlink(missing_ok=True)
+
+
+def _path(where: Path, number: int) -> Path:
+    return where / f"trial-{number}.json"
 
 
 def write_result(trial: optuna.Trial, kept: Kept) -> None:

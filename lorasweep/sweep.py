@@ -51,7 +51,7 @@ class Session:
     def told(self, _study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
         """After Optuna's tell: the study has the trial's result, its kept copy goes."""
         if self.kept is not None:
-            discard(self.kept / f"trial-{frozen.number}.json")
+            discard(self.kept, frozen.number)
 
     def run(
         self,
