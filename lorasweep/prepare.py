@@ -22,6 +22,7 @@ from lorasweep.corpus import Corpus, load_corpus
 from lorasweep.data import Batch, loss_batches, probe_batches, tokenize_documents
 from lorasweep.evaluate import answer_length, exact_match, generated_match, mean_loss, row_losses
 from lorasweep.modeling import load_base, resolve_device, resolve_dtype, weights_fingerprint
+from lorasweep.token_store import TokenStore, token_store
 from lorasweep.validation import ConfigError
 from lorasweep.world import Probe, default_cache_dir, ensure_base_model
 
@@ -39,8 +40,8 @@ class Prepared:
     device: torch.device
     corpus: Corpus
     base_fingerprint: str  # of the base model's weights
-    train_docs: list[list[int]]  # domain text
-    replay_docs: list[list[int]]  # general text for replay, disjoint from general_heldout
+    train_docs: TokenStore  # domain text, memory-mapped
+    replay_docs: TokenStore  # general text for replay, disjoint from general_heldout
     domain_probes: list  # batches for teacher-forced scoring, or the user's probes to generate on
     domain_heldout: list[Batch]
     general_probes: list[Batch]
@@ -85,8 +86,13 @@ def prepare(
     config: TrialConfig,
     cache_dir: Path | None = None,
     on_build_step: Callable[[int, int], None] | None = None,
+    on_tokens: Callable[[int, int], None] | None = None,
 ) -> Prepared:
     """Load the base model and data of `config` (building the world's base model on first use).
+
+    The training texts (domain and replay) are tokenised once into token stores under
+    `cache_dir`/tokens and memory-mapped (token_store.py); `on_tokens(documents, tokens)` follows
+    a store's build.
 
     Done once per process for each value of the config's `prepare_fields` (device and dtype as
     they resolve on this machine, so `auto` and what it means share one copy).
@@ -107,6 +113,10 @@ def prepare(
         context = min(getattr(base.config, "max_position_embeddings", None) or EVAL_CONTEXT, EVAL_CONTEXT)
         _check_probes_fit(corpus, tokenizer, context)
         general_docs = _chunks(tokenize_documents(tokenizer, corpus.general_heldout), context)
+
+        def stored(texts: list[str], part: str) -> TokenStore:
+            return token_store(lambda: texts, tokenizer, cache_dir, f"{corpus.fingerprint}/{part}", on_tokens)
+
         prepared = Prepared(
             base=base,
             tokenizer=tokenizer,
@@ -114,8 +124,8 @@ def prepare(
             device=device,
             corpus=corpus,
             base_fingerprint=weights_fingerprint(base_dir),
-            train_docs=tokenize_documents(tokenizer, corpus.domain_train),
-            replay_docs=tokenize_documents(tokenizer, corpus.replay),
+            train_docs=stored(corpus.domain_train, "domain_train"),
+            replay_docs=stored(corpus.replay, "replay"),
             domain_probes=_probe_set(corpus, tokenizer, corpus.domain_probes),
             domain_heldout=_loss_batches(tokenizer, corpus.domain_heldout, context),
             general_probes=probe_batches(tokenizer, corpus.general_probes, EVAL_BATCH_SIZE),

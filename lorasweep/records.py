@@ -58,6 +58,8 @@ class TrialResult:
     base_model: str
     base_fingerprint: str
     data_fingerprint: str
+    corpus_tokens: int  # of the domain text trained on, as tokenised (token_store.py)
+    token_store: str  # the fingerprint of that text's token store
     device: str
     dtype: str
     config: dict[str, Any]  # the resolved TrialConfig, the file `lorasweep run --config` takes

@@ -7,6 +7,7 @@ per finished trial; both end with the study's verdict, printed and saved as its 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -98,7 +99,14 @@ def session(
         def on_build_step(step: int, total: int) -> None:
             bars.update(build, completed=step, total=total, description="building base model")
 
-        prepared = prepare(TrialConfig.from_dict(space.config, str(space.path)), cache_dir, on_build_step)
+        started = time.monotonic()
+
+        def on_tokens(_docs: int, tokens: int) -> None:
+            rate = tokens / max(time.monotonic() - started, 1e-6)
+            bars.update(build, description=f"tokenising the corpus: {tokens:,} tokens ({rate:,.0f}/s)")
+
+        config = TrialConfig.from_dict(space.config, str(space.path))
+        prepared = prepare(config, cache_dir, on_build_step, on_tokens)
         study = open_study(name, store, space, seed, base_metrics=prepared.base_metrics)
         kept = folder(cache_dir or default_cache_dir(), study)
         bars.update(build, visible=False)

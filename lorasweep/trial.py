@@ -47,7 +47,7 @@ def run_trial(
     started = time.perf_counter()
     torch.set_num_threads(config.threads or len(os.sched_getaffinity(0)))
     prepared = prepare(config, cache_dir)
-    config = config.resolved(sum(len(d) for d in prepared.train_docs))
+    config = config.resolved(prepared.train_docs.n_tokens)
     torch.manual_seed(config.seed)
     _reset_peak_memory(prepared.device)
     model, modules = trial_model(prepared.base, config, prepared.base_dir, prepared.device)
@@ -144,6 +144,8 @@ def run_trial(
         base_model=str(prepared.base_dir),
         base_fingerprint=prepared.base_fingerprint,
         data_fingerprint=prepared.corpus.fingerprint,
+        corpus_tokens=prepared.train_docs.n_tokens,
+        token_store=prepared.train_docs.fingerprint,
         device=str(prepared.device),
         dtype=str(prepared.base.dtype).removeprefix("torch."),
         config=config.to_dict(),
