@@ -22,9 +22,9 @@ import codecs
 import hashlib
 import json
 import random
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import parse_qs
 
 from lorasweep.config import TrialConfig
@@ -34,9 +34,25 @@ from lorasweep.world import Probe, build_world, default_cache_dir, world_fingerp
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
 
 
+class Texts:
+    """A text column of a dataset, read a batch of rows at a time: the whole corpus is never held
+    as Python strings (`datasets` keeps it as a memory-mapped Arrow file). A text is stripped (and
+    a leading byte-order mark, which Windows editors write, dropped); empty ones are skipped."""
+
+    def __init__(self, rows, column: str) -> None:
+        self.rows, self.column = rows, column
+
+    def __iter__(self) -> Iterator[str]:
+        for batch in self.rows.iter(batch_size=1024):
+            for value in batch[self.column]:
+                text = "" if value is None else str(value).lstrip("\ufeff").strip()
+                if text:
+                    yield text
+
+
 @dataclass
 class Corpus:
-    domain_train: list[str]
+    domain_train: Iterable[str]  # a list (the world's), or Texts read from the user's file
     replay: list[str]  # general text for replay, disjoint from general_heldout
     general_heldout: list[str]  # the forgetting measure
     domain_probes: list[Probe]  # learn
@@ -71,11 +87,16 @@ def load_corpus(config: TrialConfig, cache_dir: Path | None = None) -> Corpus:
     if config.general is None:
         replay, heldout = world.general_bios, world.general_heldout_bios
     else:
-        replay, heldout = _split(
-            _texts(config.general, config.text_column, "general", cache), config.general_heldout
+        general = _read(
+            _texts(config.general, config.text_column, "general", cache), "general", config.general
         )
+        if not general:
+            raise ConfigError(
+                f"field 'general': {config.general} has no non-empty '{config.text_column}' values"
+            )
+        replay, heldout = _split(general, config.general_heldout)
     corpus = Corpus(domain, replay, heldout, probes, user_probes=True)
-    corpus.fingerprint = _fingerprint(corpus)
+    corpus.fingerprint = _fingerprint(corpus, config)
     return corpus
 
 
@@ -91,16 +112,30 @@ def _split(docs: list[str], share: float) -> tuple[list[str], list[str]]:
     return [docs[i] for i in order[n_heldout:]], [docs[i] for i in order[:n_heldout]]
 
 
-def _fingerprint(corpus: Corpus) -> str:
-    digest = hashlib.sha256()
-    for part in (corpus.domain_train, corpus.replay, corpus.general_heldout):
+def _fingerprint(corpus: Corpus, config: TrialConfig) -> str:
+    """sha256 of every text and answer, as the JSON of each part's list: streamed, so the domain
+    text is read a batch at a time, and the same value as lorasweep has always recorded (reproduce
+    compares it). Reading the domain here also checks each of its rows decodes."""
+    digest = hashlib.sha256(b"[")
+    count = 0
+    try:
+        for text in corpus.domain_train:
+            digest.update((", " if count else "").encode() + json.dumps(text).encode())
+            count += 1
+    except (OSError, ValueError, TypeError) as err:
+        raise _unreadable("domain", config.domain, err) from None
+    if not count:
+        raise ConfigError(f"field 'domain': {config.domain} has no non-empty '{config.text_column}' values")
+    digest.update(b"]")
+    for part in (corpus.replay, corpus.general_heldout):
         digest.update(json.dumps(part).encode())
     digest.update(json.dumps([(p.prompt, p.answers) for p in corpus.domain_probes]).encode())
     return digest.hexdigest()[:16]
 
 
-def _rows(source: str, what: str, cache: str) -> list[dict[str, Any]]:
-    """The rows of a local file or a cached hub dataset; every failure is one line naming the source."""
+def _rows(source: str, what: str, cache: str):
+    """The rows of a local file or a cached hub dataset, as a `datasets.Dataset` (memory-mapped);
+    every failure is one line naming the source."""
     import datasets
 
     datasets.disable_progress_bars()
@@ -135,19 +170,20 @@ def _rows(source: str, what: str, cache: str) -> list[dict[str, Any]]:
                 _check_utf8(source, what)
             extra = {"sample_by": "paragraph"} if kind == "text" else {}
             rows = datasets.load_dataset(kind, data_files=str(path), split="train", cache_dir=cache, **extra)
-        rows = list(rows)  # strings are decoded here, so a bad one in a hub dataset fails here
     except ConfigError:
         raise
     except (OSError, ValueError, KeyError, TypeError, datasets.exceptions.DatasetsError) as err:
-        # "An error occurred while generating the dataset" says nothing: the reason is its cause
-        cause = err.__cause__ if isinstance(err.__cause__, Exception) else err
-        reason = (str(cause).strip().splitlines() or [cause.__class__.__name__])[0]
-        raise ConfigError(
-            f"field '{what}': cannot read {source} ({cause.__class__.__name__}: {reason})"
-        ) from None
+        raise _unreadable(what, source, err) from None
     if len(rows) == 0:
         raise ConfigError(f"field '{what}': {source} has no rows")
     return rows
+
+
+def _unreadable(what: str, source: str, err: Exception) -> ConfigError:
+    # "An error occurred while generating the dataset" says nothing: the reason is its cause
+    cause = err.__cause__ if isinstance(err.__cause__, Exception) else err
+    reason = (str(cause).strip().splitlines() or [cause.__class__.__name__])[0]
+    return ConfigError(f"field '{what}': cannot read {source} ({cause.__class__.__name__}: {reason})")
 
 
 def _check_utf8(source: str, what: str) -> None:
@@ -175,22 +211,26 @@ def _check_utf8(source: str, what: str) -> None:
                 )
 
 
-def _texts(source: str, column: str, what: str, cache: str) -> list[str]:
+def _texts(source: str, column: str, what: str, cache: str) -> Texts:
     rows = _rows(source, what, cache)
-    if column not in rows[0]:
+    if column not in rows.column_names:
         raise ConfigError(
-            f"field '{what}': {source} has no column '{column}' (columns: {', '.join(rows[0])})"
+            f"field '{what}': {source} has no column '{column}' (columns: {', '.join(rows.column_names)})"
         )
-    # a byte-order mark (Windows editors save UTF-8 with one) is not part of the first document
-    texts = [str(r[column]).lstrip("\ufeff").strip() for r in rows if r[column] is not None]
-    texts = [t for t in texts if t]
-    if not texts:
-        raise ConfigError(f"field '{what}': {source} has no non-empty '{column}' values")
-    return texts
+    return Texts(rows, column)
+
+
+def _read(rows: Iterable, what: str, source: str) -> list:
+    """All of a small source's rows or texts (general text, probes), each decoded here: a bad one
+    is one line naming the source."""
+    try:
+        return list(rows)
+    except (OSError, ValueError, TypeError) as err:
+        raise _unreadable(what, source, err) from None
 
 
 def _probes(source: str, template: str, cache: str) -> list[Probe]:
-    rows = _rows(source, "probes", cache)
+    rows = _read(_rows(source, "probes", cache), "probes", source)
     probes = []
     for i, row in enumerate(rows, start=1):
         where = f"field 'probes': {source} row {i}"

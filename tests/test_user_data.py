@@ -123,7 +123,7 @@ def test_lora_and_full_trials_of_every_architecture_through_the_cli(architecture
 
 def test_user_files_are_read_and_split_deterministically(repo, model_dirs):
     corpus = load_corpus(user_config(repo, model_dirs["llama"]))
-    assert len(corpus.domain_train) == 12 and len(corpus.domain_probes) == 18
+    assert len(list(corpus.domain_train)) == 12 and len(corpus.domain_probes) == 18
     assert len(corpus.general_heldout) == 2 and len(corpus.replay) == 10  # 12 paragraphs, 20% held out
     assert corpus.domain_probes[0].prompt == "Question: Where was Orla Venn born?\nAnswer:"
     assert corpus.domain_probes[1].answers == ("the Marrow Institute", "Marrow Institute")
@@ -200,5 +200,7 @@ def test_every_file_format_reads_the_same_documents(suffix, repo, model_dirs, tm
     path = tmp_path / f"domain{suffix}"
     {".csv": rows.to_csv, ".parquet": rows.to_parquet, ".json": rows.to_json}[suffix](str(path))
     config = user_config(repo, model_dirs["llama"])
-    reference = load_corpus(config).domain_train
-    assert load_corpus(TrialConfig(**{**config.__dict__, "domain": str(path)})).domain_train == reference
+    reference = list(load_corpus(config).domain_train)
+    assert (
+        list(load_corpus(TrialConfig(**{**config.__dict__, "domain": str(path)})).domain_train) == reference
+    )
