@@ -10,8 +10,9 @@ words from a 5,000-word vocabulary (20-200 words a document) of about the given 
 tokens trained on the first 2,000 documents and a tiny Llama (hidden 64, 2 layers) for it. Each
 measurement is a process of its own: `build` maps the corpus (`datasets`' Arrow copy, made once)
 and builds the store, reporting the build's tokens/s and the peak resident memory (VmHWM) of the
-build alone; `trial` runs `lorasweep run` (5 steps) twice, the first building the store, and
-reports each run's wall time and peak memory; `optimize` runs 4 short trials on 2 workers and
+build alone; `trial` runs a trial (`run_trial`, 5 steps) twice, the first building the store,
+and reports each run's wall time (data loading included), peak memory and, at its end, the
+anonymous and the file-backed (shared, reclaimable) resident memory; `optimize` runs 4 short trials on 2 workers and
 reports each trial's peak memory (its worker's).
 """
 
@@ -126,7 +127,8 @@ print(json.dumps({"tokens": store.n_tokens, "docs": len(store), "read_s": read, 
 
 def build(sizes: list[float]) -> None:
     print(
-        "| corpus tokens | documents | read (Arrow copy + fingerprint) | store build | tokens/s | peak memory of the build |"
+        "| corpus tokens | documents | read (Arrow copy + fingerprint) | store build | tokens/s | "
+        "memory before the build, peak during it |"
     )
     print("|---|---|---|---|---|---|")
     for tokens in sizes:
@@ -147,29 +149,41 @@ def build(sizes: list[float]) -> None:
         )
 
 
+TRIAL = """
+import json, sys, time
+from pathlib import Path
+from lorasweep.config import TrialConfig
+from lorasweep.trial import run_trial
+
+start = time.monotonic()
+result = run_trial(TrialConfig(**json.loads(sys.argv[1])), cache_dir=Path(sys.argv[2]))
+status = dict(l.split(":", 1) for l in Path("/proc/self/status").read_text().splitlines())
+kib = lambda key: int(status[key].split()[0])
+print(json.dumps({"tokens": result.corpus_tokens, "wall": time.monotonic() - start,
+                  "peak": result.peak_mem_bytes, "anon_kib": kib("RssAnon"), "file_kib": kib("RssFile")}))
+"""
+
+
 def trial(sizes: list[float]) -> None:
-    print("| corpus tokens | run | wall | peak memory (VmHWM) |")
-    print("|---|---|---|---|")
+    print(
+        "| corpus tokens | run | wall | peak memory (VmHWM) | at the end: anonymous, file-backed (shared) |"
+    )
+    print("|---|---|---|---|---|")
     for tokens in sizes:
         where = corpus(tokens)
-        config = where / "trial.yaml"
-        config.write_text(yaml.safe_dump({**fields(where), "max_steps": 5, "method": "lora"}))
-        env = {**os.environ, "LORASWEEP_CACHE_DIR": str(where / "cache")}
+        config = json.dumps({**fields(where), "max_steps": 5, "method": "lora"})
         subprocess.run(["rm", "-rf", str(where / "cache" / "tokens")], check=True)
         for run in ("first (builds the store)", "second"):
-            start = time.monotonic()
             out = subprocess.run(
-                [sys.executable, "-m", "lorasweep", "run", "--config", str(config), "--json"],
+                [sys.executable, "-c", TRIAL, config, str(where / "cache")],
                 check=True,
                 capture_output=True,
                 text=True,
-                env=env,
             ).stdout
-            wall = time.monotonic() - start
-            result = json.loads(out)
+            r = json.loads(out.strip().splitlines()[-1])
             print(
-                f"| {result['corpus_tokens']:,} | {run} | {wall:.1f} s | "
-                f"{result['peak_mem_bytes'] / 2**20:.0f} MiB |",
+                f"| {r['tokens']:,} | {run} | {r['wall']:.1f} s | {r['peak'] / 2**20:.0f} MiB | "
+                f"{r['anon_kib'] / 1024:.0f} MiB, {r['file_kib'] / 1024:.0f} MiB |",
                 flush=True,
             )
 

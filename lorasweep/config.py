@@ -108,7 +108,8 @@ class TrialConfig:
     probes: str | None = _loaded(None)  # questions on the domain: {question, answer} or {prompt, answer}
     text_column: str = _loaded("text")
     probe_template: str = _loaded("Question: {question}\nAnswer:")
-    general_heldout: float = _loaded(0.2)  # share of general documents held out to measure forgetting
+    # general documents held out to measure forgetting: a share in (0, 1), or a number of documents
+    general_heldout: float = _loaded(0.2)
     method: Method = "lora"  # full, or an adapter: lora, rslora, dora, qlora (LoRA on a quantised base)
     rank: int = 16
     alpha: float | None = None  # LoRA alpha; if unset, alpha_ratio x rank
@@ -168,7 +169,12 @@ class TrialConfig:
             "{question}" in self.probe_template,
             "a text containing {question}",
         )
-        check(self, "general_heldout", 0 < self.general_heldout < 1, "a number in (0, 1)")
+        check(
+            self,
+            "general_heldout",
+            0 < self.general_heldout < 1 or (self.general_heldout >= 1 and self.general_heldout.is_integer()),
+            "a share in (0, 1) or a number of documents (an integer >= 1)",
+        )
         check(self, "model", self.model is None or self.model.strip() != "", "a directory or hub id")
         check(self, "rank", self.rank >= 1, "an integer >= 1")
         check(self, "alpha", self.alpha is None or self.alpha > 0, "a number > 0")

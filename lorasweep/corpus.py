@@ -4,8 +4,8 @@
         --general examples/general.txt --probes examples/probes.jsonl
 
 - `domain`: the new knowledge, trained on in full.
-- `general`: general text; a deterministic `general_heldout` share of its documents measures
-  forgetting, the rest is the replay pool. Without it, the embedded world's general text is used.
+- `general`: general text; a deterministic `general_heldout` share (or number) of its documents
+  measures forgetting, the rest is the replay pool. Without it, the embedded world's general text is used.
 - `probes`: questions about the domain that the text answers but never states in that form.
   Rows are `{"question", "answer"}` (the prompt is `probe_template` with the question filled in)
   or cloze `{"prompt", "answer"}`; `answer` may be a list of acceptable answers.
@@ -21,6 +21,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
+import os
 import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -96,15 +97,48 @@ def load_corpus(config: TrialConfig, cache_dir: Path | None = None) -> Corpus:
             )
         replay, heldout = _split(general, config.general_heldout)
     corpus = Corpus(domain, replay, heldout, probes, user_probes=True)
-    corpus.fingerprint = _fingerprint(corpus, config)
+    corpus.fingerprint = _remembered_fingerprint(corpus, config, Path(cache).parent)
     return corpus
 
 
-def _split(docs: list[str], share: float) -> tuple[list[str], list[str]]:
-    """(replay, held out): a seeded shuffle, so the split is the same on every run and machine."""
+def _remembered_fingerprint(corpus: Corpus, config: TrialConfig, cache_dir: Path) -> str:
+    """The corpus's fingerprint, remembered under `cache_dir`/fingerprints for files whose path,
+    size and modification time are unchanged: a second run or worker does not read the whole
+    domain text again (its trials read only what they pack, from the token store). A hub dataset
+    is fingerprinted on every load."""
+    sources = [config.domain, config.general, config.probes]
+    if any(s is not None and s.startswith("hub:") for s in sources):
+        return _fingerprint(corpus, config)
+    stats = [None if s is None else _stat(s) for s in sources]
+    shaping = [
+        config.text_column,
+        config.probe_template,
+        config.general_heldout,
+        world_fingerprint(config.world),
+    ]
+    key = hashlib.sha256(json.dumps([stats, shaping]).encode()).hexdigest()[:16]
+    remembered = cache_dir / "fingerprints" / key
+    if remembered.exists():
+        return remembered.read_text()
+    found = _fingerprint(corpus, config)
+    remembered.parent.mkdir(parents=True, exist_ok=True)
+    partial = remembered.with_name(f".{key}.{os.getpid()}")
+    partial.write_text(found)
+    partial.replace(remembered)
+    return found
+
+
+def _stat(source: str) -> list:
+    info = Path(source).stat()
+    return [str(Path(source).resolve()), info.st_size, info.st_mtime_ns]
+
+
+def _split(docs: list[str], heldout: float) -> tuple[list[str], list[str]]:
+    """(replay, held out): a seeded shuffle, so the split is the same on every run and machine;
+    `heldout` is a share of the documents, or (>= 1) their number."""
     order = list(range(len(docs)))
     random.Random(0).shuffle(order)
-    n_heldout = max(1, round(share * len(docs)))
+    n_heldout = max(1, round(heldout * len(docs))) if heldout < 1 else int(heldout)
     if n_heldout >= len(docs):
         raise ConfigError(
             f"field 'general': {len(docs)} documents cannot be split into replay and held-out text"

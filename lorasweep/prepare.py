@@ -27,6 +27,7 @@ from lorasweep.validation import ConfigError
 from lorasweep.world import Probe, default_cache_dir, ensure_base_model
 
 EVAL_BATCH_SIZE = 128
+HELDOUT_TOKENS_MAX = 2_000_000  # of held-out general text: more and evaluation dominates a trial
 EVAL_CONTEXT = 1024  # longest evaluation row, in tokens: longer held-out documents are cut
 
 
@@ -112,7 +113,7 @@ def prepare(
         base, tokenizer = load_base(base_dir, dtype, config.trust_remote_code, config.attn_implementation)
         context = min(getattr(base.config, "max_position_embeddings", None) or EVAL_CONTEXT, EVAL_CONTEXT)
         _check_probes_fit(corpus, tokenizer, context)
-        general_docs = _chunks(tokenize_documents(tokenizer, corpus.general_heldout), context)
+        general_docs = _chunks(_heldout_documents(tokenizer, corpus.general_heldout, config), context)
 
         def stored(texts: list[str], part: str) -> TokenStore:
             return token_store(lambda: texts, tokenizer, cache_dir, f"{corpus.fingerprint}/{part}", on_tokens)
@@ -139,6 +140,23 @@ def prepare(
         del on_device
         _PREPARED[key] = prepared
     return _PREPARED[key]
+
+
+def _heldout_documents(tokenizer, texts: list[str], config: TrialConfig) -> list[list[int]]:
+    """The held-out general text's token ids; one line and no tokenising past HELDOUT_TOKENS_MAX
+    tokens, where every evaluation would outlast the training between two of them."""
+    docs: list[list[int]] = []
+    for start in range(0, len(texts), 1024):
+        docs += tokenize_documents(tokenizer, texts[start : start + 1024])
+        tokens = sum(map(len, docs))
+        if tokens > HELDOUT_TOKENS_MAX:
+            suggested = max(1, len(docs) * HELDOUT_TOKENS_MAX // (4 * tokens))
+            raise ConfigError(
+                f"field 'general_heldout': {config.general_heldout:g} of {config.general} holds out "
+                f"{len(texts):,} documents, over {HELDOUT_TOKENS_MAX:,} tokens: every evaluation would "
+                f"outlast training; hold out a number of documents instead, e.g. general_heldout: {suggested}"
+            )
+    return docs
 
 
 def hub_offline() -> None:

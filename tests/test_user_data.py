@@ -121,6 +121,40 @@ def test_lora_and_full_trials_of_every_architecture_through_the_cli(architecture
     assert list((tmp_path / "cache" / "datasets").iterdir())  # datasets' copies of the files: here
 
 
+def test_general_heldout_is_a_share_or_a_number_of_documents_and_a_huge_one_is_refused(
+    repo, model_dirs, tmp_path, monkeypatch
+):
+    from lorasweep import prepare
+
+    config = user_config(repo, model_dirs["llama"])
+    three = TrialConfig(**{**config.__dict__, "general_heldout": 3})
+    corpus = load_corpus(three)
+    assert len(corpus.general_heldout) == 3 and len(corpus.replay) == 9
+    with pytest.raises(ConfigError, match="general_heldout.*a share in \\(0, 1\\) or a number of documents"):
+        TrialConfig(**{**config.__dict__, "general_heldout": 2.5})
+    monkeypatch.setattr(prepare, "HELDOUT_TOKENS_MAX", 100)  # the 2 held-out paragraphs hold more
+    with pytest.raises(ConfigError) as refused:
+        prepare.prepare(config, tmp_path)
+    assert str(refused.value).startswith(
+        f"field 'general_heldout': 0.2 of {config.general} holds out 2 documents, over 100 tokens"
+    )
+    assert str(refused.value).endswith("hold out a number of documents instead, e.g. general_heldout: 1")
+
+
+def test_the_data_fingerprint_is_remembered_until_a_file_changes(repo, model_dirs, tmp_path):
+    domain = tmp_path / "domain.jsonl"
+    domain.write_text((repo / EXAMPLES["domain.jsonl"]).read_text())
+    config = TrialConfig(**{**user_config(repo, model_dirs["llama"]).__dict__, "domain": str(domain)})
+    cache = tmp_path / "cache"
+    first = load_corpus(config, cache).fingerprint
+    assert load_corpus(config, cache).fingerprint == first  # remembered: the text is not read again
+    assert len(list((cache / "fingerprints").iterdir())) == 1
+    with domain.open("a") as f:
+        f.write(json.dumps({"text": "Orla Venn once sailed to Tarn."}) + "\n")
+    assert load_corpus(config, cache).fingerprint != first
+    assert len(list((cache / "fingerprints").iterdir())) == 2
+
+
 def test_user_files_are_read_and_split_deterministically(repo, model_dirs):
     corpus = load_corpus(user_config(repo, model_dirs["llama"]))
     assert len(list(corpus.domain_train)) == 12 and len(corpus.domain_probes) == 18
