@@ -204,7 +204,7 @@ def optimize(sizes: list[float], workers: int) -> None:
         env = {**os.environ, "LORASWEEP_CACHE_DIR": str(where / "cache")}
         url = f"sqlite:///{where / 'studies.db'}"
         name = f"scale-{int(time.time())}"
-        start = time.monotonic()
+        start, started = time.monotonic(), time.time()
         command = [sys.executable, "-m", "lorasweep", "optimize", "--space", str(space), "--storage", url]
         command += ["--study", name, "--workers", str(workers), "--n-trials", "4", "--replicates", "0"]
         subprocess.run(command, check=True, capture_output=True, env=env)
@@ -212,6 +212,10 @@ def optimize(sizes: list[float], workers: int) -> None:
         import optuna
 
         trials = optuna.load_study(study_name=name, storage=url).trials
+        # a worker's start-up: from the command's start to its first trial's
+        firsts = {}
+        for t in sorted(trials, key=lambda t: t.datetime_start):
+            firsts.setdefault(t.user_attrs["worker"], t.datetime_start.timestamp() - started)
         peaks = {
             t.user_attrs["worker"]: max(
                 u.user_attrs["peak_mem_bytes"]
@@ -222,7 +226,8 @@ def optimize(sizes: list[float], workers: int) -> None:
         }
         print(
             f"{trials[0].user_attrs['corpus_tokens']:,} tokens, {workers} workers, 4 trials: {wall:.0f} s; "
-            f"peak memory per worker: {', '.join(f'{p / 2**20:.0f} MiB' for p in peaks.values())}"
+            f"peak memory per worker: {', '.join(f'{p / 2**20:.0f} MiB' for p in peaks.values())}; "
+            f"each worker's first trial started {', '.join(f'{s:.1f} s' for s in firsts.values())} in"
         )
 
 

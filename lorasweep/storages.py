@@ -274,9 +274,23 @@ for _name in (
 
 def transient(err: BaseException) -> bool:
     """Whether a storage call failed on something that passes: a lost or refused connection, a
-    server shutting down, a deadlock, SQLite locked past its busy timeout."""
-    if isinstance(err, optuna.exceptions.StorageInternalError):  # Optuna wraps SQLAlchemy's errors
-        err = err.__cause__ or err
+    server shutting down, a deadlock, SQLite locked past its busy timeout. The error's causes and
+    contexts count: Optuna wraps SQLAlchemy's errors (StorageInternalError), and after a lost
+    connection it sometimes queries again on the same session, which then fails as "Can't
+    reconnect until invalid transaction is rolled back" while handling the real fault."""
+    chain, seen = [err], set()
+    while chain:
+        link = chain.pop()
+        if link is None or id(link) in seen:
+            continue
+        seen.add(id(link))
+        if _transient_fault(link):
+            return True
+        chain += [link.__cause__, link.__context__]
+    return False
+
+
+def _transient_fault(err: BaseException) -> bool:
     if isinstance(err, DisconnectionError):
         return True
     if not isinstance(err, DBAPIError):

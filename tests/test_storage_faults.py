@@ -16,9 +16,10 @@ import pytest
 import sqlalchemy
 import yaml
 from conftest import TINY_SPACE
+from sqlalchemy.exc import IntegrityError, OperationalError, PendingRollbackError
 
 from lorasweep import storages
-from lorasweep.storages import EXIT_UNAVAILABLE, StorageUnavailable, open_storage
+from lorasweep.storages import EXIT_UNAVAILABLE, StorageUnavailable, open_storage, transient
 from lorasweep.workers import tally
 
 HEARTBEAT = ["--heartbeat-interval", "1", "--grace-period", "10"]
@@ -155,3 +156,21 @@ def test_sqlite_locked_past_the_wait_is_storage_unavailable(locked_sqlite):
     )
     assert 1.5 <= time.monotonic() - start < 5
     other.execute("COMMIT")
+
+
+def test_a_fault_met_again_while_handling_a_lost_connection_is_transient():
+    """Optuna queries again on the session a lost connection broke, which fails as "Can't reconnect
+    until invalid transaction is rolled back" (seen in CI after a PostgreSQL stop): retried too."""
+    lost = OperationalError("SELECT 1", {}, Exception("terminating connection due to administrator command"))
+    try:
+        try:
+            raise lost
+        except OperationalError:
+            raise PendingRollbackError("Can't reconnect until invalid transaction is rolled back") from None
+    except PendingRollbackError as err:
+        again = err
+    wrapped = optuna.exceptions.StorageInternalError("An exception is raised during the commit.")
+    wrapped.__cause__ = again
+    assert again.__context__ is lost and transient(wrapped)
+    assert not transient(IntegrityError("INSERT", {}, Exception("duplicate key value")))
+    assert not transient(optuna.exceptions.StorageInternalError("invalid data"))
