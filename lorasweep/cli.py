@@ -375,7 +375,12 @@ def run(
         # with --json, stdout carries only the JSON
         with progress(err_console if json_out else console) as bars:
             task = bars.add_task("base model", total=None)
-            prepare(trial_config, cache_dir, lambda s, n: bars.update(task, completed=s, total=n))
+            prepare(
+                trial_config,
+                cache_dir,
+                lambda s, n: bars.update(task, completed=s, total=n),
+                lambda _docs, tokens: bars.update(task, description=f"tokenising: {tokens:,} tokens"),
+            )
             bars.update(task, description="training", completed=0, total=trial_config.steps)
             result = run_trial(
                 trial_config,
