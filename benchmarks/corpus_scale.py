@@ -118,7 +118,7 @@ status = lambda key: next(int(l.split()[1]) for l in Path("/proc/self/status").r
 before = status("VmRSS")
 Path("/proc/self/clear_refs").write_text("5")  # the peak below is the build's alone
 start = time.monotonic()
-store = token_store(lambda: corpus.domain_train, tokenizer, cache, corpus.fingerprint + "/domain_train")
+store = token_store(lambda: corpus.domain_train, tokenizer, cache, corpus.parts["domain_train"])
 built = time.monotonic() - start
 peak = status("VmHWM")
 print(json.dumps({"tokens": store.n_tokens, "docs": len(store), "read_s": read, "build_s": built, "before_kib": before, "peak_kib": peak}))

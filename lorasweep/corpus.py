@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import random
+import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from lorasweep.config import TrialConfig
 from lorasweep.validation import ConfigError
 from lorasweep.world import Probe, build_world, default_cache_dir, world_fingerprint
 
+FINGERPRINT_RULES = 1  # bump when what a text is (stripping, skipping) changes: forgets remembered ones
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
 
 
@@ -61,6 +63,9 @@ class Corpus:
     general_probes: list[Probe] = field(default_factory=list)  # the world's general QA only
     user_probes: bool = False  # scored by greedy generation with normalisation (evaluate.py)
     fingerprint: str = ""  # of every text and answer, recorded with each trial
+    # of each part a token store is built from (domain_train, replay): a change elsewhere (a probe,
+    # the held-out share) does not tokenise the domain again
+    parts: dict[str, str] = field(default_factory=dict)
 
 
 def load_corpus(config: TrialConfig, cache_dir: Path | None = None) -> Corpus:
@@ -83,6 +88,9 @@ def load_corpus(config: TrialConfig, cache_dir: Path | None = None) -> Corpus:
         )
     if config.domain is None or config.probes is None:
         raise ConfigError("fields 'domain' and 'probes' go together: the probes ask about the domain text")
+    before = (
+        _stats(config) if all(_exists(s) for s in (config.domain, config.general, config.probes)) else None
+    )
     domain = _texts(config.domain, config.text_column, "domain", cache)
     probes = _probes(config.probes, config.probe_template, cache)
     if config.general is None:
@@ -97,40 +105,58 @@ def load_corpus(config: TrialConfig, cache_dir: Path | None = None) -> Corpus:
             )
         replay, heldout = _split(general, config.general_heldout)
     corpus = Corpus(domain, replay, heldout, probes, user_probes=True)
-    corpus.fingerprint = _remembered_fingerprint(corpus, config, Path(cache).parent)
+    corpus.fingerprint, corpus.parts = _remembered_fingerprint(corpus, config, Path(cache).parent, before)
     return corpus
 
 
-def _remembered_fingerprint(corpus: Corpus, config: TrialConfig, cache_dir: Path) -> str:
-    """The corpus's fingerprint, remembered under `cache_dir`/fingerprints for files whose path,
-    size and modification time are unchanged: a second run or worker does not read the whole
-    domain text again (its trials read only what they pack, from the token store). A hub dataset
-    is fingerprinted on every load."""
-    sources = [config.domain, config.general, config.probes]
-    if any(s is not None and s.startswith("hub:") for s in sources):
+def _remembered_fingerprint(
+    corpus: Corpus, config: TrialConfig, cache_dir: Path, before: list | None
+) -> tuple[str, dict[str, str]]:
+    """The corpus's fingerprint, remembered under `cache_dir`/fingerprints for files whose
+    `_stats` are unchanged: a second run or worker does not read the whole domain text again (its
+    trials read only what they pack, from the token store). `before` are the files' stats from
+    before they were read (None for a hub dataset, fingerprinted on every load); a value is
+    remembered only if the files did not change while they were read."""
+    if before is None:
         return _fingerprint(corpus, config)
-    stats = [None if s is None else _stat(s) for s in sources]
     shaping = [
         config.text_column,
         config.probe_template,
         config.general_heldout,
         world_fingerprint(config.world),
     ]
-    key = hashlib.sha256(json.dumps([stats, shaping]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([FINGERPRINT_RULES, before, shaping]).encode()).hexdigest()[:16]
     remembered = cache_dir / "fingerprints" / key
     if remembered.exists():
-        return remembered.read_text()
+        found = json.loads(remembered.read_text())
+        return found[0], found[1]
     found = _fingerprint(corpus, config)
-    remembered.parent.mkdir(parents=True, exist_ok=True)
-    partial = remembered.with_name(f".{key}.{os.getpid()}")
-    partial.write_text(found)
-    partial.replace(remembered)
+    if _stats(config) == before:
+        remembered.parent.mkdir(parents=True, exist_ok=True)
+        partial = remembered.with_name(f".{key}.{socket.gethostname()}.{os.getpid()}")
+        partial.write_text(json.dumps(found))
+        partial.replace(remembered)
     return found
+
+
+def _stats(config: TrialConfig) -> list | None:
+    """What tells the user's files changed without reading them: each one's inode, size, and
+    modification and change times (the change time cannot be set back, as `cp -p` or `touch -r`
+    set the modification time); None when a source is a hub dataset."""
+    sources = [config.domain, config.general, config.probes]
+    if any(s is not None and s.startswith("hub:") for s in sources):
+        return None
+    return [None if source is None else _stat(source) for source in sources]
 
 
 def _stat(source: str) -> list:
     info = Path(source).stat()
-    return [str(Path(source).resolve()), info.st_size, info.st_mtime_ns]
+    return [str(Path(source).resolve()), info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
+
+
+def _exists(source: str | None) -> bool:
+    """Whether a source is absent or a readable file (a missing one is _rows's to report)."""
+    return source is None or source.startswith("hub:") or Path(source).is_file()
 
 
 def _split(docs: list[str], heldout: float) -> tuple[list[str], list[str]]:
@@ -146,25 +172,31 @@ def _split(docs: list[str], heldout: float) -> tuple[list[str], list[str]]:
     return [docs[i] for i in order[n_heldout:]], [docs[i] for i in order[:n_heldout]]
 
 
-def _fingerprint(corpus: Corpus, config: TrialConfig) -> str:
+def _fingerprint(corpus: Corpus, config: TrialConfig) -> tuple[str, dict[str, str]]:
     """sha256 of every text and answer, as the JSON of each part's list: streamed, so the domain
     text is read a batch at a time, and the same value as lorasweep has always recorded (reproduce
-    compares it). Reading the domain here also checks each of its rows decodes."""
-    digest = hashlib.sha256(b"[")
+    compares it); with the fingerprints of the domain and replay parts alone (Corpus.parts).
+    Reading the domain here also checks each of its rows decodes."""
+    digest, domain = hashlib.sha256(b"["), hashlib.sha256(b"[")
     count = 0
     try:
         for text in corpus.domain_train:
-            digest.update((", " if count else "").encode() + json.dumps(text).encode())
+            piece = (", " if count else "").encode() + json.dumps(text).encode()
+            digest.update(piece)
+            domain.update(piece)
             count += 1
     except (OSError, ValueError, TypeError) as err:
         raise _unreadable("domain", config.domain, err) from None
     if not count:
         raise ConfigError(f"field 'domain': {config.domain} has no non-empty '{config.text_column}' values")
     digest.update(b"]")
+    domain.update(b"]")
     for part in (corpus.replay, corpus.general_heldout):
         digest.update(json.dumps(part).encode())
     digest.update(json.dumps([(p.prompt, p.answers) for p in corpus.domain_probes]).encode())
-    return digest.hexdigest()[:16]
+    replay = hashlib.sha256(json.dumps(corpus.replay).encode())
+    parts = {"domain_train": domain.hexdigest()[:16], "replay": replay.hexdigest()[:16]}
+    return digest.hexdigest()[:16], parts
 
 
 def _rows(source: str, what: str, cache: str):
@@ -203,7 +235,13 @@ def _rows(source: str, what: str, cache: str):
             if kind != "parquet":
                 _check_utf8(source, what)
             extra = {"sample_by": "paragraph"} if kind == "text" else {}
-            rows = datasets.load_dataset(kind, data_files=str(path), split="train", cache_dir=cache, **extra)
+            # a copy per version of the file: `datasets` itself tells versions apart by path and
+            # modification time only, and would keep reading the old copy of a file rewritten
+            # at the same size and time (cp -p, rsync -a)
+            version = hashlib.sha256(json.dumps(_stat(source)).encode()).hexdigest()[:16]
+            rows = datasets.load_dataset(
+                kind, data_files=str(path), split="train", cache_dir=f"{cache}/{version}", **extra
+            )
     except ConfigError:
         raise
     except (OSError, ValueError, KeyError, TypeError, datasets.exceptions.DatasetsError) as err:

@@ -116,7 +116,8 @@ def prepare(
         general_docs = _chunks(_heldout_documents(tokenizer, corpus.general_heldout, config), context)
 
         def stored(texts: list[str], part: str) -> TokenStore:
-            return token_store(lambda: texts, tokenizer, cache_dir, f"{corpus.fingerprint}/{part}", on_tokens)
+            key = corpus.parts.get(part) or f"{corpus.fingerprint}/{part}"  # the world: its own
+            return token_store(lambda: texts, tokenizer, cache_dir, key, on_tokens)
 
         prepared = Prepared(
             base=base,
@@ -146,13 +147,15 @@ def _heldout_documents(tokenizer, texts: list[str], config: TrialConfig) -> list
     """The held-out general text's token ids; one line and no tokenising past HELDOUT_TOKENS_MAX
     tokens, where every evaluation would outlast the training between two of them."""
     docs: list[list[int]] = []
+    tokens = 0
     for start in range(0, len(texts), 1024):
-        docs += tokenize_documents(tokenizer, texts[start : start + 1024])
-        tokens = sum(map(len, docs))
+        batch = tokenize_documents(tokenizer, texts[start : start + 1024])
+        docs += batch
+        tokens += sum(map(len, batch))
         if tokens > HELDOUT_TOKENS_MAX:
             suggested = max(1, len(docs) * HELDOUT_TOKENS_MAX // (4 * tokens))
             raise ConfigError(
-                f"field 'general_heldout': {config.general_heldout:g} of {config.general} holds out "
+                f"field 'general_heldout': {config.general_heldout:.15g} of {config.general} holds out "
                 f"{len(texts):,} documents, over {HELDOUT_TOKENS_MAX:,} tokens: every evaluation would "
                 f"outlast training; hold out a number of documents instead, e.g. general_heldout: {suggested}"
             )

@@ -286,7 +286,9 @@ def transient(err: BaseException) -> bool:
         seen.add(id(link))
         if _transient_fault(link):
             return True
-        chain += [link.__cause__, link.__context__]
+        chain.append(link.__cause__)
+        if isinstance(link, (SQLAlchemyError, optuna.exceptions.StorageInternalError)):
+            chain.append(link.__context__)  # not a bug's: an error in our own handling is not an outage
     return False
 
 

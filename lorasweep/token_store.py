@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -29,6 +30,7 @@ import numpy as np
 
 BATCH_DOCS = 2048  # documents tokenised at once while building
 VERSION = 1  # of the layout and of what a document holds; part of the fingerprint
+SAMPLE = "Orla Venn was born in Tarn, 1987. Ça va? 東京 ✓"  # encoded into the fingerprint
 
 
 class TokenStore(Sequence):
@@ -61,6 +63,9 @@ def fingerprint(corpus_key: str, tokenizer) -> str:
     else:
         digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
     digest.update(json.dumps([tokenizer.bos_token_id, tokenizer.eos_token_id, len(tokenizer)]).encode())
+    # what it makes of a text, special tokens included: settings outside its definition (a slow or
+    # remote-code tokenizer's add_bos_token, say) show here
+    digest.update(json.dumps(tokenizer(SAMPLE, add_special_tokens=True)["input_ids"]).encode())
     return digest.hexdigest()[:16]
 
 
@@ -81,6 +86,9 @@ def token_store(
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
     try:
         _build(texts(), tokenizer, tmp, name, on_progress)
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would keep a shared cache's other users out
         try:
             tmp.rename(target)
         except OSError:  # another process finished first: its store is the same
@@ -94,7 +102,8 @@ def token_store(
 def _build(
     texts: Iterable[str], tokenizer, out: Path, name: str, on_progress: Callable[[int, int], None] | None
 ) -> None:
-    dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max + 1 else np.uint32
+    largest = max([*tokenizer.get_vocab().values(), tokenizer.eos_token_id])  # a vocabulary may have gaps
+    dtype = np.uint16 if largest <= np.iinfo(np.uint16).max else np.uint32
     n_docs = n_tokens = 0
     with (out / "tokens.bin").open("wb") as tokens, (out / "offsets.bin").open("wb") as offsets:
         np.zeros(1, dtype=np.int64).tofile(offsets)

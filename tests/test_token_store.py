@@ -1,6 +1,7 @@
 """The token store: a corpus tokenised once, memory-mapped, packed into the same batches as before."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -120,3 +121,31 @@ def test_packing_from_a_store_gives_the_same_batches_as_from_lists(texts, tmp_pa
     from_stores = packed(*stores)
     assert all(torch.equal(a, b) for a, b in zip(from_lists, from_stores, strict=True))
     assert from_stores[0].dtype == torch.int64
+
+
+def test_a_store_of_many_batches_holds_every_document_where_it_was(texts, tmp_path, monkeypatch):
+    from lorasweep import token_store as module
+
+    monkeypatch.setattr(module, "BATCH_DOCS", 7)  # the test world's documents in many batches
+    tokenizer = make_tokenizer()
+    store = token_store(lambda: texts, tokenizer, tmp_path, "batched")
+    expected = tokenize_documents(tokenizer, texts)
+    assert [store[i] for i in range(len(store))] == expected
+    assert store.offsets.tolist() == np.cumsum([0, *map(len, expected)]).tolist()
+
+
+def test_a_store_another_process_finished_first_is_the_one_used(texts, tmp_path, monkeypatch):
+    from lorasweep import token_store as module
+
+    tokenizer = make_tokenizer()
+    theirs = token_store(lambda: texts, tokenizer, tmp_path / "theirs", "corpus")
+    build = module._build
+
+    def racing(*args) -> None:  # while this build runs, the other process renames its store in
+        build(*args)
+        shutil.copytree(theirs.path, tmp_path / "ours" / "tokens" / theirs.path.name)
+
+    monkeypatch.setattr(module, "_build", racing)
+    ours = token_store(lambda: texts, tokenizer, tmp_path / "ours", "corpus")
+    assert ours.path.name == theirs.path.name and ours[5] == theirs[5]
+    assert [p.name for p in (tmp_path / "ours" / "tokens").iterdir()] == [theirs.path.name]  # no leftover

@@ -1,6 +1,7 @@
 """A user's own model and files: every supported architecture, the formats, and the errors."""
 
 import json
+import os
 
 import pytest
 import yaml
@@ -141,18 +142,40 @@ def test_general_heldout_is_a_share_or_a_number_of_documents_and_a_huge_one_is_r
     assert str(refused.value).endswith("hold out a number of documents instead, e.g. general_heldout: 1")
 
 
-def test_the_data_fingerprint_is_remembered_until_a_file_changes(repo, model_dirs, tmp_path):
+def test_the_data_fingerprint_is_the_one_earlier_lorasweeps_recorded(repo, model_dirs, tmp_path):
+    # reproduce compares it with the recorded one: the examples' value since the first release
+    assert load_corpus(user_config(repo, model_dirs["llama"]), tmp_path).fingerprint == "eab048529a6b736d"
+
+
+def test_the_data_fingerprint_is_remembered_until_a_file_changes(repo, model_dirs, tmp_path, monkeypatch):
+    from lorasweep import corpus as corpus_module
+
     domain = tmp_path / "domain.jsonl"
     domain.write_text((repo / EXAMPLES["domain.jsonl"]).read_text())
     config = TrialConfig(**{**user_config(repo, model_dirs["llama"]).__dict__, "domain": str(domain)})
     cache = tmp_path / "cache"
-    first = load_corpus(config, cache).fingerprint
-    assert load_corpus(config, cache).fingerprint == first  # remembered: the text is not read again
-    assert len(list((cache / "fingerprints").iterdir())) == 1
-    with domain.open("a") as f:
-        f.write(json.dumps({"text": "Orla Venn once sailed to Tarn."}) + "\n")
-    assert load_corpus(config, cache).fingerprint != first
-    assert len(list((cache / "fingerprints").iterdir())) == 2
+    first = load_corpus(config, cache)
+    with monkeypatch.context() as patch:  # remembered: the text is not read again
+        patch.setattr(corpus_module, "_fingerprint", lambda *_: pytest.fail("the domain was read again"))
+        again = load_corpus(config, cache)
+    assert (again.fingerprint, again.parts) == (first.fingerprint, first.parts)
+    # another probe: another corpus, but the same domain text and token store
+    probes = tmp_path / "probes.jsonl"
+    probes.write_text(
+        (repo / EXAMPLES["probes.jsonl"]).read_text() + json.dumps({"question": "Q?", "answer": "A"})
+    )
+    other = load_corpus(TrialConfig(**{**config.__dict__, "probes": str(probes)}), cache)
+    assert other.fingerprint != first.fingerprint and other.parts == first.parts
+    # the same size and modification time, other content: its change time tells
+    stat = domain.stat()
+    domain.write_text(domain.read_text().replace("Orla", "Arlo"))
+    os.utime(domain, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert domain.stat().st_size == stat.st_size and domain.stat().st_mtime_ns == stat.st_mtime_ns
+    changed = load_corpus(config, cache)
+    assert (
+        changed.fingerprint != first.fingerprint
+        and changed.parts["domain_train"] != first.parts["domain_train"]
+    )
 
 
 def test_user_files_are_read_and_split_deterministically(repo, model_dirs):
