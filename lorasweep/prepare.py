@@ -157,7 +157,8 @@ def _heldout_documents(tokenizer, texts: list[str], config: TrialConfig) -> list
             raise ConfigError(
                 f"field 'general_heldout': {config.general_heldout:.15g} of {config.general} holds out "
                 f"{len(texts):,} documents, over {HELDOUT_TOKENS_MAX:,} tokens: every evaluation would "
-                f"outlast training; hold out a number of documents instead, e.g. general_heldout: {suggested}"
+                f"outlast training; hold out a number of documents instead, e.g. general_heldout: {suggested} "
+                "(a trial recorded with more cannot be re-run by this lorasweep)"
             )
     return docs
 

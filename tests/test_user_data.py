@@ -139,7 +139,10 @@ def test_general_heldout_is_a_share_or_a_number_of_documents_and_a_huge_one_is_r
     assert str(refused.value).startswith(
         f"field 'general_heldout': 0.2 of {config.general} holds out 2 documents, over 100 tokens"
     )
-    assert str(refused.value).endswith("hold out a number of documents instead, e.g. general_heldout: 1")
+    assert str(refused.value).endswith(
+        "hold out a number of documents instead, e.g. general_heldout: 1 "
+        "(a trial recorded with more cannot be re-run by this lorasweep)"
+    )
 
 
 def test_the_data_fingerprint_is_the_one_earlier_lorasweeps_recorded(repo, model_dirs, tmp_path):
