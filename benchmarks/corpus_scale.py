@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -125,6 +126,12 @@ print(json.dumps({"tokens": store.n_tokens, "docs": len(store), "read_s": read, 
 """
 
 
+def measure(script: str, *args: str) -> dict:
+    """Run `script` in a process of its own (its memory is its own); the JSON line it ends with."""
+    out = subprocess.run([sys.executable, "-c", script, *args], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def build(sizes: list[float]) -> None:
     print(
         "| corpus tokens | documents | read (Arrow copy + fingerprint) | store build | tokens/s | "
@@ -133,15 +140,8 @@ def build(sizes: list[float]) -> None:
     print("|---|---|---|---|---|---|")
     for tokens in sizes:
         where = corpus(tokens)
-        cache = where / "cache"
-        subprocess.run(["rm", "-rf", str(cache / "tokens")], check=True)
-        out = subprocess.run(
-            [sys.executable, "-c", BUILD, json.dumps(fields(where)), str(cache)],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        r = json.loads(out.strip().splitlines()[-1])
+        shutil.rmtree(where / "cache" / "tokens", ignore_errors=True)
+        r = measure(BUILD, json.dumps(fields(where)), str(where / "cache"))
         print(
             f"| {r['tokens']:,} | {r['docs']:,} | {r['read_s']:.1f} s | {r['build_s']:.1f} s | "
             f"{r['tokens'] / r['build_s']:,.0f} | {r['before_kib'] / 1024:.0f} MiB, {r['peak_kib'] / 1024:.0f} MiB |",
@@ -172,15 +172,9 @@ def trial(sizes: list[float]) -> None:
     for tokens in sizes:
         where = corpus(tokens)
         config = json.dumps({**fields(where), "max_steps": 5, "method": "lora"})
-        subprocess.run(["rm", "-rf", str(where / "cache" / "tokens")], check=True)
+        shutil.rmtree(where / "cache" / "tokens", ignore_errors=True)
         for run in ("first (builds the store)", "second"):
-            out = subprocess.run(
-                [sys.executable, "-c", TRIAL, config, str(where / "cache")],
-                check=True,
-                capture_output=True,
-                text=True,
-            ).stdout
-            r = json.loads(out.strip().splitlines()[-1])
+            r = measure(TRIAL, config, str(where / "cache"))
             print(
                 f"| {r['tokens']:,} | {run} | {r['wall']:.1f} s | {r['peak'] / 2**20:.0f} MiB | "
                 f"{r['anon_kib'] / 1024:.0f} MiB, {r['file_kib'] / 1024:.0f} MiB |",
