@@ -1,3 +1,4 @@
 from lorasweep.cli import app
 
-app(prog_name="lorasweep")
+if __name__ == "__main__":  # not when a spawned shard process imports it (sharding.py)
+    app(prog_name="lorasweep")

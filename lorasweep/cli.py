@@ -81,20 +81,20 @@ def optimize(
     study's note.
     """
     from lorasweep.search_space import load_space
-    from lorasweep.workers import check_run, is_worker, pin_cpus, worker_command
+    from lorasweep.workers import check_run, is_worker, pin_cpus, shards_of, worker_command
 
     pin_cpus()  # a worker started by --workers runs on its own cores
     from lorasweep.storages import open_storage, storage_label
     from lorasweep.study import queue_arm
 
     with user_errors():
-        gpus = check_run(n_trials, timeout, workers, devices)
         if replicates < 0:
             raise ConfigError(f"--replicates is {replicates}; allowed: an integer >= 0 (0: none)")
         searched = load_space(space).with_config(
             options.overrides(model, domain, general, probes, trust_remote_code)
         )
         TrialConfig.from_dict(searched.config, str(space))
+        gpus = check_run(n_trials, timeout, workers, devices, shards_of(searched))
         quiet_libraries()
         # connect first: a bad or unreachable storage is answered in seconds, before any model loads
         store = open_storage(storage, heartbeat=(heartbeat_interval, grace_period), wait=storage_wait)

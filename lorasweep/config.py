@@ -31,6 +31,7 @@ Schedule = Literal["constant", "linear", "cosine", "cosine_with_min_lr", "warmup
 LrScaling = Literal["none", "sqrt", "linear"]
 Dtype = Literal["auto", "fp32", "bf16", "fp16"]
 Attention = Literal["sdpa", "eager", "flash_attention_2"]
+Optimizer = Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "adafactor"]
 METHODS = typing.get_args(Method)
 ADAPTER_METHODS = tuple(m for m in METHODS if m != "full")
 TARGET_PRESETS = typing.get_args(TargetPreset)
@@ -99,6 +100,8 @@ class TrialConfig:
     device: str = _loaded("auto")  # auto (the GPU if there is one), cpu, cuda, cuda:N
     attn_implementation: Attention = _loaded("sdpa")
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
+    # processes the trial runs as, each on its own device, the model fully sharded over them (FSDP2)
+    fsdp_shards: int = 1
     # torch.compile the training forward and backward (evaluation stays eager): faster steps after
     # a compile that each worker pays once per model structure (method, rank, alpha, targets, ...)
     compile: bool = False
@@ -118,6 +121,8 @@ class TrialConfig:
     lora_dropout: float = 0.0
     quantization: Quantization = "nf4"  # qlora's base weights (bitsandbytes): 4-bit nf4 or 8-bit int8
     learning_rate: float = 1e-3
+    # adamw (torch), adamw_8bit and paged_adamw_8bit (bitsandbytes), adafactor (transformers)
+    optimizer: Optimizer = "adamw"
     lr_scaling: LrScaling = "none"  # scale learning_rate by (batch / reference_batch_size): sqrt or linear
     reference_batch_size: int = 16  # sequences per optimizer step that learning_rate is meant for
     batch_size: int = 16  # sequences per forward pass
@@ -222,6 +227,38 @@ class TrialConfig:
         check(self, "eval_fraction", 0 < self.eval_fraction <= 1, "a number in (0, 1]")
         check(self, "seed", self.seed >= 0, "an integer >= 0")
         check(self, "threads", 0 <= self.threads < 2**31, "an integer in 0..2**31-1")
+        self._validate_sharding()
+
+    def _validate_sharding(self) -> None:
+        """What FSDP2 sharding (sharding.py) can run: each error names what to change instead."""
+        check(self, "fsdp_shards", self.fsdp_shards >= 1, "an integer >= 1")
+        if self.fsdp_shards == 1:
+            return
+        shards = f"with fsdp_shards {self.fsdp_shards}"
+        check(
+            self,
+            "batch_size",
+            self.batch_size % self.fsdp_shards == 0,
+            f"a multiple of fsdp_shards ({self.fsdp_shards}): each shard trains an equal part of every batch",
+        )
+        check(
+            self,
+            "optimizer",
+            self.optimizer == "adamw",
+            f"adamw {shards} (bitsandbytes' and Adafactor's steps take whole tensors, not FSDP2's shards)",
+        )
+        check(
+            self, "method", self.method != "qlora", f"full, lora, rslora or dora {shards} (no 4-bit shards)"
+        )
+        check(self, "dtype", self.dtype != "fp16", f"auto, fp32 or bf16 {shards}")
+        check(self, "compile", not self.compile, f"false {shards}")
+        check(self, "lawa_k", self.lawa_k == 0, f"0 {shards} (LAWA averages unsharded snapshots)")
+        check(
+            self,
+            "device",
+            self.device in ("auto", "cpu", "cuda"),
+            f"auto, cpu or cuda {shards}: shard k runs on cuda:k of the visible GPUs (--devices)",
+        )
 
     @property
     def tokens_per_step(self) -> int:

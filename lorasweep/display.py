@@ -49,6 +49,8 @@ def quiet_libraries(training: bool = True) -> None:
     # hub is missing; lorasweep runs 4-bit layers on the portable path (modeling._plain_cpu_4bit)
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="peft")
+    # paged_adamw_8bit on a CPU: bitsandbytes says it runs unpaged, as the README does
+    warnings.filterwarnings("ignore", message="Paged optimizers are not supported on CPU")
 
 
 def progress(on: Console = console) -> Progress:

@@ -36,14 +36,15 @@ from lorasweep.pending import Kept, keep, write_result
 from lorasweep.pruning import should_prune
 from lorasweep.replicates import is_replicate, replicate_seed
 from lorasweep.search_space import SearchSpace
+from lorasweep.sharding import ShardFailed
 from lorasweep.train import NonFiniteLoss
 from lorasweep.trial import run_trial
 from lorasweep.validation import ConfigError
 
 # Failures that belong to one configuration, not to the sweep (a diverged loss, a target preset
-# the architecture lacks, a batch too big for the memory): the trial is recorded as failed with
+# the architecture lacks, a batch too big for the memory, a shard process that died): the trial is recorded as failed with
 # the reason, its memory is released, and the study goes on.
-TRIAL_FAILURES = (NonFiniteLoss, ConfigError, torch.OutOfMemoryError)
+TRIAL_FAILURES = (NonFiniteLoss, ConfigError, torch.OutOfMemoryError, ShardFailed)
 
 
 def make_objective(

@@ -84,7 +84,11 @@ Replicates = Annotated[
     ),
 ]
 Devices = Annotated[
-    str | None, typer.Option(help="GPUs, one per worker, e.g. 0,1,2,3 (sets CUDA_VISIBLE_DEVICES).")
+    str | None,
+    typer.Option(
+        help="GPUs, one per worker (fsdp_shards per worker for sharded trials), e.g. 0,1,2,3 "
+        "(sets CUDA_VISIBLE_DEVICES)."
+    ),
 ]
 
 # confirm's own

@@ -88,6 +88,7 @@ def prepare(
     cache_dir: Path | None = None,
     on_build_step: Callable[[int, int], None] | None = None,
     on_tokens: Callable[[int, int], None] | None = None,
+    device: torch.device | None = None,
 ) -> Prepared:
     """Load the base model and data of `config` (building the world's base model on first use).
 
@@ -96,10 +97,11 @@ def prepare(
     a store's build.
 
     Done once per process for each value of the config's `prepare_fields` (device and dtype as
-    they resolve on this machine, so `auto` and what it means share one copy).
+    they resolve on this machine, so `auto` and what it means share one copy). A shard of a
+    sharded trial passes its own `device`.
     """
     cache_dir = Path(cache_dir or default_cache_dir())
-    device = resolve_device(config.device)
+    device = device or resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     shaping = config.prepare_fields() | {"device": str(device), "dtype": str(dtype)}
     key = (str(cache_dir.resolve()), repr(sorted(shaping.items())))

@@ -43,7 +43,10 @@ class TrialResult:
     trainable_params: int
     total_params: int
     trainable_pct: float
-    peak_mem_bytes: int
+    peak_mem_bytes: int  # measured: CUDA allocated, or the process's resident memory on a CPU
+    memory_estimate_bytes: int | None  # estimated before loading, per device (memory.py)
+    memory_estimate: dict[str, int] | None  # its parts: weights, gradients, optimizer, activations
+    optimizer_state_bytes: int | None  # the optimizer's state tensors, over every shard
     model_bytes: int
     peak_lr: float
     train_steps: int

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from lorasweep.config import TrialConfig
 
@@ -30,12 +31,6 @@ class TrainStats:
     train_s: float  # wall time of training alone, evaluation excluded
     eval_s: float  # wall time spent in evaluation callbacks
     train_loss: float  # mean loss over the last evaluation interval
-
-
-def make_optimizer(model: torch.nn.Module, config: TrialConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    # the fused kernel is about 10% faster per step than foreach here, on CPU as on CUDA
-    return torch.optim.AdamW(params, lr=config.peak_lr, weight_decay=config.weight_decay, fused=True)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, config: TrialConfig):
@@ -165,6 +160,10 @@ def train_loop(
 
 
 def _checked_mean(running: torch.Tensor, n: int, step: int) -> float:
+    if dist.is_initialized():  # a sharded trial: the mean over every shard's rows
+        running = running.clone()
+        dist.all_reduce(running)
+        running /= dist.get_world_size()
     value = float(running) / n
     if not math.isfinite(value):
         raise NonFiniteLoss(f"training loss became {value} by step {step}")

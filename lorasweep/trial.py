@@ -19,10 +19,13 @@ import torch
 from lorasweep.config import TrialConfig
 from lorasweep.data import pack_epochs
 from lorasweep.evaluate import forget, mean_loss
-from lorasweep.modeling import model_bytes, parameter_counts, trial_model
+from lorasweep.memory import MemoryEstimate, check_fits, estimate, model_config
+from lorasweep.modeling import model_bytes, parameter_counts, resolve_device, resolve_dtype, trial_model
+from lorasweep.optimizers import make_optimizer, state_bytes
 from lorasweep.prepare import Prepared, evaluate_model, prepare
 from lorasweep.records import TrialResult
-from lorasweep.train import WeightAverager, make_optimizer, make_scheduler, train_loop
+from lorasweep.sharding import Shard, across
+from lorasweep.train import WeightAverager, make_scheduler, train_loop
 from lorasweep.world import default_cache_dir
 
 
@@ -43,14 +46,41 @@ def run_trial(
     `on_step(step, total)` follows training; `on_eval(step, learn, forget)` receives each
     intermediate evaluation before the final step (and may raise, e.g. `optuna.TrialPruned`);
     `on_trained(model, prepared)` gets the trained model after the final evaluation (export).
+    With `fsdp_shards` > 1 the trial runs as that many processes (sharding.py), called back here.
     """
+    if config.fsdp_shards > 1:
+        from lorasweep.sharding import run_sharded
+
+        return run_sharded(config, on_step, on_eval, cache_dir, on_trained)
+    return train_trial(config, on_step, on_eval, cache_dir, on_trained)
+
+
+def train_trial(
+    config: TrialConfig,
+    on_step: Callable[[int, int], None] | None = None,
+    on_eval: Callable[[int, float, float], None] | None = None,
+    cache_dir: Path | None = None,
+    on_trained: Callable[[torch.nn.Module, Prepared], None] | None = None,
+    shard: Shard | None = None,
+) -> TrialResult:
+    """`run_trial` in this process: the whole trial, or with `shard` this process's shard of it."""
     started = time.perf_counter()
-    torch.set_num_threads(config.threads or len(os.sched_getaffinity(0)))
-    prepared = prepare(config, cache_dir)
+    shards = shard.shards if shard else 1
+    torch.set_num_threads(config.threads or max(1, len(os.sched_getaffinity(0)) // shards))
+    device = shard.device if shard else resolve_device(config.device)
+    estimated = _estimate_before_loading(config, device)
+    if estimated is not None:
+        check_fits(estimated, config, device)
+    prepared = prepare(config, cache_dir, device=device)
     config = config.resolved(prepared.train_docs.n_tokens)
+    estimated = estimated or estimate(config, prepared.base.config, prepared.base.dtype)
     torch.manual_seed(config.seed)
     _reset_peak_memory(prepared.device)
-    model, modules = trial_model(prepared.base, config, prepared.base_dir, prepared.device)
+    if shard:  # sharded from the CPU copy: no device ever holds the whole model
+        model, modules = trial_model(prepared.base, config, prepared.base_dir)
+        model = shard.wrap(model)
+    else:
+        model, modules = trial_model(prepared.base, config, prepared.base_dir, prepared.device)
     trainable, total = parameter_counts(model, prepared.base)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config)
@@ -82,6 +112,8 @@ def run_trial(
         replay=prepared.replay_docs,
         replay_ratio=config.replay_ratio,
     )
+    if shard:
+        batches = map(shard.rows, batches)
     stats = train_loop(
         compiled(model, cache_dir or default_cache_dir()) if config.compile else model,
         batches,
@@ -129,13 +161,16 @@ def run_trial(
         trainable_params=trainable,
         total_params=total,
         trainable_pct=100.0 * trainable / total,
-        peak_mem_bytes=_peak_memory(prepared.device),
+        peak_mem_bytes=int(across(_peak_memory(prepared.device), "max")),  # of the fullest device
+        memory_estimate_bytes=estimated.total,
+        memory_estimate=estimated.parts(),
+        optimizer_state_bytes=int(across(state_bytes(optimizer), "sum")),  # of every shard
         model_bytes=model_bytes(model),
         peak_lr=config.peak_lr,
         train_steps=stats.steps,
-        train_tokens=stats.tokens,
+        train_tokens=stats.tokens * shards,
         train_loss=stats.train_loss,
-        tokens_per_s=stats.tokens / stats.train_s if stats.train_s > 0 else 0.0,
+        tokens_per_s=stats.tokens * shards / stats.train_s if stats.train_s > 0 else 0.0,
         train_s=stats.train_s,
         eval_s=eval_s,
         wall_s=time.perf_counter() - started,
@@ -151,6 +186,16 @@ def run_trial(
         config=config.to_dict(),
         versions=package_versions(),
     )
+
+
+def _estimate_before_loading(config: TrialConfig, device: torch.device) -> MemoryEstimate | None:
+    """The memory estimate from the model's config file; None where it cannot be read, as `prepare`
+    then says why in its own words (or, for a model it can load, the estimate follows)."""
+    try:
+        base_config = model_config(config)
+    except (OSError, ValueError):
+        return None
+    return estimate(config, base_config, resolve_dtype(config.dtype, device))
 
 
 def compiled(model: torch.nn.Module, cache_dir: Path) -> torch.nn.Module:

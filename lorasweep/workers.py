@@ -37,6 +37,7 @@ from optuna.trial import TrialState
 
 from lorasweep.claim_lock import claim_lock
 from lorasweep.optuna_private import heartbeats_enabled, set_waiting_attrs
+from lorasweep.search_space import SearchSpace
 from lorasweep.storages import EXIT_UNAVAILABLE, StorageUnavailable
 from lorasweep.validation import ConfigError
 
@@ -56,18 +57,36 @@ class Interrupted(KeyboardInterrupt):
     """SIGINT or SIGTERM during a trial: Optuna marks the trial failed, the command exits cleanly."""
 
 
-def check_run(n_trials: int, timeout: float | None, workers: int, devices: str | None) -> list[str] | None:
-    """A one-line ConfigError for a run's options that no type check catches; the GPUs of --devices."""
+def check_run(
+    n_trials: int, timeout: float | None, workers: int, devices: str | None, shards: int = 1
+) -> list[str] | None:
+    """A one-line ConfigError for a run's options that no type check catches; with --devices, the
+    GPUs of each worker (`shards` of them: the most devices one trial of the space takes)."""
     if n_trials < 1:
         raise ConfigError(f"--n-trials is {n_trials}; allowed: an integer >= 1")
     if timeout is not None and timeout <= 0:
         raise ConfigError(f"--timeout is {timeout}; allowed: a number of seconds > 0")
     if workers < 1:
         raise ConfigError(f"--workers is {workers}; allowed: an integer >= 1")
-    gpus = devices.split(",") if devices else None
-    if gpus is not None and (len(gpus) != workers or not all(g.strip().isdigit() for g in gpus)):
-        raise ConfigError(f"--devices '{devices}': allowed: {workers} GPU indices, one per worker, e.g. 0,1")
-    return gpus
+    if devices is None:
+        return None
+    gpus = [g.strip() for g in devices.split(",")]
+    if len(gpus) != workers * shards or not all(g.isdigit() for g in gpus):
+        each = "one per worker" if shards == 1 else f"{shards} per worker (fsdp_shards {shards})"
+        example = ",".join(map(str, range(workers * shards)))
+        raise ConfigError(
+            f"--devices '{devices}': allowed: {workers * shards} GPU indices, {each}, e.g. {example}"
+        )
+    return [",".join(gpus[i * shards : (i + 1) * shards]) for i in range(workers)]
+
+
+def shards_of(space: SearchSpace) -> int:
+    """The most devices one trial of the space takes: its fsdp_shards, fixed or searched."""
+    values = [space.config.get("fsdp_shards", 1)]
+    for param in space.params:
+        if param.field == "fsdp_shards":
+            values += param.choices if param.kind == "categorical" else [param.high]
+    return int(max(values))
 
 
 def worker_command(ctx: typer.Context) -> list[str]:
@@ -105,6 +124,8 @@ def run_sweep(
     """
     if workers > 1:
         return run_workers(command, n_trials, timeout, workers, seed, devices, study, on_trial)
+    if devices:  # this process is the one worker: its GPUs, before CUDA starts
+        os.environ["CUDA_VISIBLE_DEVICES"] = devices[0]
     callbacks = [*optimize_kwargs.pop("callbacks", ()), lambda _study, frozen: on_trial(frozen)]
     code = run_here(study, objective, n_trials, timeout, callbacks=callbacks, **optimize_kwargs)
     return code, INTERRUPTED.format("trial is") if code else ""

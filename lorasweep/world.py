@@ -302,7 +302,7 @@ def _weights_fingerprint(base_dir: Path) -> str:
 
 def _pretrain(cfg: WorldConfig, out: Path, on_step: Callable[[int, int], None] | None) -> None:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     from lorasweep.data import pack_epochs, tokenize_documents
     from lorasweep.train import train_loop
@@ -311,21 +311,7 @@ def _pretrain(cfg: WorldConfig, out: Path, on_step: Callable[[int, int], None] |
     world = build_world(cfg)
     docs = tokenize_documents(tokenizer, world.general_bios + world.general_qa_train)
     torch.manual_seed(cfg.seed)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=cfg.hidden_size,
-            intermediate_size=cfg.hidden_size * 8 // 3 // 8 * 8,
-            num_hidden_layers=cfg.n_layers,
-            num_attention_heads=cfg.n_heads,
-            num_key_value_heads=cfg.n_heads,
-            max_position_embeddings=cfg.max_length,
-            tie_word_embeddings=True,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-    )
+    model = LlamaForCausalLM(model_config(cfg, tokenizer))
     tokens_per_epoch = sum(len(d) for d in docs)
     steps = max(1, cfg.pretrain_epochs * tokens_per_epoch // (cfg.pretrain_batch_size * cfg.max_length))
     batches = pack_epochs(docs, cfg.pretrain_batch_size, cfg.max_length, steps, seed=cfg.seed)
@@ -338,6 +324,26 @@ def _pretrain(cfg: WorldConfig, out: Path, on_step: Callable[[int, int], None] |
     tokenizer.save_pretrained(out)
     (out / "world.json").write_text(
         json.dumps({"version": WORLD_VERSION, "world": dataclasses.asdict(cfg)}, indent=2)
+    )
+
+
+def model_config(cfg: WorldConfig, tokenizer=None):
+    """The transformers config of the world's base model (a small Llama)."""
+    from transformers import LlamaConfig
+
+    tokenizer = tokenizer or make_tokenizer()
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.hidden_size * 8 // 3 // 8 * 8,
+        num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.n_heads,
+        max_position_embeddings=cfg.max_length,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
 
 

@@ -50,6 +50,29 @@ def test_steps_follow_token_budget():
         ({"world": {"n_heads": 5}}, "field 'world.n_heads' is 5; allowed: a positive divisor"),
         ({"train_tokens": 10}, "field 'train_tokens' is 10; allowed: at least one optimizer step"),
         ([1, 2], "must be a mapping"),
+        (
+            {"optimizer": "sgd"},
+            "field 'optimizer' is 'sgd'; allowed: adamw, adamw_8bit, paged_adamw_8bit, adafactor",
+        ),
+        ({"fsdp_shards": 0}, "field 'fsdp_shards' is 0; allowed: an integer >= 1"),
+        (
+            {"fsdp_shards": 3, "batch_size": 16},
+            "field 'batch_size' is 16; allowed: a multiple of fsdp_shards (3)",
+        ),
+        (
+            {"fsdp_shards": 2, "optimizer": "adamw_8bit"},
+            "field 'optimizer' is 'adamw_8bit'; allowed: adamw with",
+        ),
+        (
+            {"fsdp_shards": 2, "method": "qlora"},
+            "field 'method' is 'qlora'; allowed: full, lora, rslora or dora",
+        ),
+        ({"fsdp_shards": 2, "compile": True}, "field 'compile' is True; allowed: false with fsdp_shards 2"),
+        ({"fsdp_shards": 2, "lawa_k": 2}, "field 'lawa_k' is 2; allowed: 0 with fsdp_shards 2"),
+        (
+            {"fsdp_shards": 2, "device": "cuda:1"},
+            "field 'device' is 'cuda:1'; allowed: auto, cpu or cuda with",
+        ),
     ],
 )
 def test_invalid_configs_name_the_field(data, message):

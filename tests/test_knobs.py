@@ -8,7 +8,8 @@ import torch
 
 from lorasweep.config import TrialConfig
 from lorasweep.data import pack_epochs
-from lorasweep.train import make_optimizer, make_scheduler, train_loop
+from lorasweep.optimizers import make_optimizer
+from lorasweep.train import make_scheduler, train_loop
 from lorasweep.trial import run_trial
 
 

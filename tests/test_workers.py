@@ -7,15 +7,31 @@ import sys
 import optuna
 import typer.main
 import yaml
-from conftest import TINY_SPACE, cli
+from conftest import TINY_SPACE, cli, invoke
 
 from lorasweep.cli import app
-from lorasweep.workers import PER_WORKER, cpu_sets, worker_command
+from lorasweep.search_space import load_space
+from lorasweep.workers import PER_WORKER, check_run, cpu_sets, shards_of, worker_command
 
 
 def test_cores_are_shared_out():
     assert cpu_sets(2, [0, 1, 2, 3]) == [[0, 1], [2, 3]]
     assert cpu_sets(4, [0, 1]) == [[0], [1], [0], [1]]  # more workers than cores: shared in turn
+
+
+def test_each_worker_gets_the_gpus_of_its_sharded_trials(tmp_path):
+    assert check_run(4, None, 2, "0,1") == ["0", "1"]
+    assert check_run(4, None, 2, "0,1,2,3", shards=2) == ["0,1", "2,3"]
+    space = dict(TINY_SPACE, params=dict(TINY_SPACE["params"], fsdp_shards={"choices": [1, 2]}))
+    path = tmp_path / "shards.yaml"
+    path.write_text(yaml.safe_dump(space))
+    assert shards_of(load_space(path)) == 2
+    result = invoke("optimize", "--space", str(path), "--workers", "2", "--devices", "0,1", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: --devices '0,1': allowed: 4 GPU indices, 2 per worker (fsdp_shards 2), e.g. 0,1,2,3"
+    )
+    assert not (tmp_path / "results").exists()  # no study was created
 
 
 def test_every_optimize_option_reaches_the_workers():

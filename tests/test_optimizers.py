@@ -1,0 +1,50 @@
+"""The `optimizer` field: each optimizer trains the trial, and the state it keeps is recorded and
+is what memory.py estimates before loading."""
+
+from __future__ import annotations
+
+import typing
+
+import pytest
+import torch
+
+from lorasweep.config import Optimizer, TrialConfig
+from lorasweep.optimizers import make_optimizer
+from lorasweep.trial import run_trial
+
+OPTIMIZERS = typing.get_args(Optimizer)
+
+
+@pytest.fixture(scope="module")
+def full_ft(tiny_world, cache_dir) -> dict:
+    """A full-FT trial per optimizer (every tensor trained: AdamW's states are largest there)."""
+    base = {"world": tiny_world, "method": "full", "batch_size": 8, "max_length": 32}
+    return {
+        name: run_trial(
+            TrialConfig(**base, train_tokens=8192, eval_points=0, learning_rate=1e-3, optimizer=name),
+            cache_dir=cache_dir,
+        )
+        for name in OPTIMIZERS
+    }
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_recorded_optimizer_state_is_the_estimated_one(full_ft, name):
+    result = full_ft[name]
+    assert result.config["optimizer"] == name
+    assert result.optimizer_state_bytes == result.memory_estimate["optimizer"]
+
+
+def test_optimizers_train_differently_and_keep_less_state(full_ft):
+    adamw, eight, paged, adafactor = (full_ft[n] for n in OPTIMIZERS)
+    assert len({adamw.train_loss, eight.train_loss, adafactor.train_loss}) == 3
+    assert paged.train_loss == eight.train_loss  # on a CPU the paged one is the plain 8-bit one
+    assert adafactor.optimizer_state_bytes < eight.optimizer_state_bytes < adamw.optimizer_state_bytes
+
+
+def test_optimizers_take_the_trial_lr_and_weight_decay():
+    model = torch.nn.Linear(128, 128)
+    for name in OPTIMIZERS:
+        config = TrialConfig(optimizer=name, learning_rate=3e-4, weight_decay=0.05)
+        group = make_optimizer(model, config).param_groups[0]
+        assert (group["lr"], group["weight_decay"]) == (3e-4, 0.05), name
