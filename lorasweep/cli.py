@@ -13,6 +13,7 @@ exit code 75: run the same command again once it is back.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +23,15 @@ import typer
 from lorasweep import options
 from lorasweep.artifacts import DEFAULT_ARTIFACT_DIR
 from lorasweep.config import TrialConfig
-from lorasweep.display import console, dashboard_command, err_console, progress, quiet_libraries, say
+from lorasweep.display import (
+    console,
+    dashboard_command,
+    err_console,
+    progress,
+    quiet_libraries,
+    say,
+    stop_on,
+)
 from lorasweep.search_space import DEFAULT_SPACE
 from lorasweep.storages import EXIT_UNAVAILABLE, GRACE_S, HEARTBEAT_S, STORAGE_WAIT_S, StorageUnavailable
 from lorasweep.study import DEFAULT_STORAGE, DEFAULT_STUDY
@@ -95,6 +104,8 @@ def optimize(
         )
         TrialConfig.from_dict(searched.config, str(space))
         gpus = check_run(n_trials, timeout, workers, devices, shards_of(searched))
+        if gpus and workers == 1:  # this process is the worker: its GPUs, before anything starts CUDA
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpus[0]
         quiet_libraries()
         # connect first: a bad or unreachable storage is answered in seconds, before any model loads
         store = open_storage(storage, heartbeat=(heartbeat_interval, grace_period), wait=storage_wait)
@@ -114,7 +125,7 @@ def optimize(
         command = worker_command(ctx)
 
         def run(n: int, seconds: float | None, before_trial) -> None:
-            _stop_on(*s.run(n, before_trial, command, seconds, seed, workers, gpus), s.bars)
+            stop_on(*s.run(n, before_trial, command, seconds, seed, workers, gpus), s.bars)
 
         start = time.monotonic()
         run(n_trials, timeout, lambda study: queue_arm(study, searched))
@@ -127,16 +138,6 @@ def optimize(
         print_best(s.study)
         conclude(s.study)
     say(f"\nopen the dashboard:  {dashboard_command(storage, artifact_dir)}")
-
-
-def _stop_on(code: int, message: str, bars) -> None:
-    """After trials ran: the word on how they ended; a non-zero code ends the command."""
-    if code in (130, 143):
-        bars.stop()
-    if message:
-        say(message, err_console)
-    if code:
-        raise typer.Exit(code)
 
 
 @app.command()
@@ -173,7 +174,7 @@ def confirm(
     with user_errors(), session(searched, loaded.study_name, store, 0, cache_dir, artifact_dir) as s:
 
         def run(n: int) -> None:  # here, in this process: no sampler seed or workers involved
-            _stop_on(*s.run(n, waiting_replicates), s.bars)
+            stop_on(*s.run(n, waiting_replicates), s.bars)
 
         replicate(s, tolerance, top, seeds, run)
     with user_errors():
@@ -274,9 +275,10 @@ def reproduce(
             say("the re-run would not be the same trial; pass --allow-changed to run it anyway", err_console)
             raise typer.Exit(1)
         bars.update(task, description=f"trial {frozen.number}", completed=0, total=config.steps)
-        result = run_trial(
-            config, on_step=lambda s, n: bars.update(task, completed=s, total=n), cache_dir=cache_dir
-        )
+        with user_errors():  # a GPU too small for the trial, a sharded trial's missing GPUs
+            result = run_trial(
+                config, on_step=lambda s, n: bars.update(task, completed=s, total=n), cache_dir=cache_dir
+            )
     limit = tolerance if tolerance is not None else (0.0 if prepared.device.type == "cpu" else 0.02)
     rows = compare(frozen, result, limit)
     print_comparison(frozen.number, result, rows, limit)
@@ -369,6 +371,7 @@ def run(
         trial_config = TrialConfig.from_dict(fields, str(config))
         quiet_libraries()
         from lorasweep.display import print_result
+        from lorasweep.objective import TRIAL_FAILURES
         from lorasweep.prepare import prepare
         from lorasweep.trial import run_trial
 
@@ -382,11 +385,17 @@ def run(
                 lambda _docs, tokens: bars.update(task, description=f"tokenising: {tokens:,} tokens"),
             )
             bars.update(task, description="training", completed=0, total=trial_config.steps)
-            result = run_trial(
-                trial_config,
-                on_step=lambda s, n: bars.update(task, completed=s, total=n),
-                cache_dir=cache_dir,
-            )
+            try:
+                result = run_trial(
+                    trial_config,
+                    on_step=lambda s, n: bars.update(task, completed=s, total=n),
+                    cache_dir=cache_dir,
+                )
+            except TRIAL_FAILURES as err:  # what fails a trial in a study (diverged, OOM, a shard died)
+                if isinstance(err, ConfigError):
+                    raise  # bad input: one line and exit code 2, as everywhere
+                say(f"error: the trial failed: {err.__class__.__name__}: {err}", err_console)
+                raise typer.Exit(1) from None
     if json_out:
         print(json.dumps(result.attrs(), indent=2))
     else:

@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import optuna
+import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -197,3 +198,13 @@ def print_result(title: str, result: TrialResult) -> None:
             continue
         table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
     console.print(table)
+
+
+def stop_on(code: int, message: str, bars: Progress) -> None:
+    """After trials ran: the word on how they ended; a non-zero code ends the command."""
+    if code in (130, 143):
+        bars.stop()
+    if message:
+        say(message, err_console)
+    if code:
+        raise typer.Exit(code)

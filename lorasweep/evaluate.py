@@ -88,6 +88,12 @@ def generated_match(model, tokenizer, probes: Sequence[Probe], batch_size: int) 
     was_training = model.training
     model.eval()
     correct = 0
+    # Under FSDP2 (a sharded trial), PEFT's generate goes around the root module's forward, whose hook
+    # gathers the root's own weights (embeddings, head): gathered here instead. Every shard takes
+    # each decoding step together until all are done (synced_gpus), as each step is collective.
+    sharded = hasattr(model, "unshard") and hasattr(model, "reshard")
+    if sharded:
+        model.unshard()
     try:
         for start in range(0, len(probes), batch_size):
             chunk = probes[start : start + batch_size]
@@ -101,6 +107,7 @@ def generated_match(model, tokenizer, probes: Sequence[Probe], batch_size: int) 
                 do_sample=False,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,  # the tokenizer's, whatever the model config says
+                synced_gpus=sharded,
             )
             continuations = out[:, enc.input_ids.shape[1] :].cpu()
             for probe, row, ns in zip(chunk, continuations, lengths):
@@ -109,6 +116,8 @@ def generated_match(model, tokenizer, probes: Sequence[Probe], batch_size: int) 
                     for answer, n in zip(probe.answers, ns)
                 )
     finally:
+        if sharded:
+            model.reshard()
         model.train(was_training)
     return correct / max(len(probes), 1)
 

@@ -7,25 +7,29 @@ after minutes of loading; every trial records its estimate beside its measured p
 (`memory_estimate_bytes`, `peak_mem_bytes`), and BENCHMARKS.md compares the two.
 
 Bytes per device, for a compute dtype of `e` bytes and `S` = fsdp_shards:
-- weights: every parameter in the dtype (QLoRA: the adapted linear weights 4-bit with an fp32
-  scale per 64, or 8-bit), adapters in fp32 (PEFT keeps them so); sharded: / S, plus one decoder
-  layer gathered whole;
+- weights: every parameter in the dtype (QLoRA: every linear weight but the output layer's 4-bit
+  with an fp32 scale per 64, or 8-bit), adapters in fp32 (PEFT keeps them so); sharded: / S, plus
+  what FSDP2 gathers whole at a time (the root's own weights, a decoder layer and the next);
 - gradients: one per trainable parameter, in its dtype; / S;
 - optimizer states: from each trainable tensor's shape, as the optimizers hold them (optimizers.py):
   AdamW two per parameter in its dtype, 8-bit AdamW two bytes and a scale per 256 (tensors under
-  4,096 elements: two fp32), Adafactor a row and a column vector per matrix; / S;
+  4,096 elements: two fp32), Adafactor a row and a column vector per matrix in fp32; / S;
 - activations of one micro-batch (batch_size / S rows of max_length tokens) saved for backward,
   per token of a decoder layer: the two RMSNorms (an fp32 copy and the output), the inputs of the
   projections, SDPA's q, k, v and output, and the MLP's gate, up, product and activation, about
-  8h + 9eh + 4ei bytes (h hidden size, i intermediate size; counted in Llama's layer, an estimate
-  for others); eager attention adds the score matrix; an adapted module keeps its input cast to
-  fp32 and its rank-r product; gradient checkpointing keeps each layer's input alone and
-  recomputes one layer at a time; the logits take (e + 8) bytes per vocabulary entry (fp32 copy
-  and log-softmax for the loss).
+  8h + 9eh + 4ei bytes (h hidden size, i intermediate size, k/v narrower under grouped-query
+  attention; counted in Llama's layer, an estimate for others); eager attention adds the scores;
+  an adapted module keeps its input cast to fp32 and its rank-r product; gradient checkpointing
+  keeps each layer's input alone and recomputes one layer at a time (counted three times: its
+  backward's temporaries, as measured); the logits take (e + 8) bytes per vocabulary entry (fp32
+  copy and log-softmax for the loss). DoRA's weight-sized temporaries are not counted.
 
 Peak = weights + optimizer states + the larger of activations and gradients: backward frees a
 layer's activations as it fills that layer's gradients, and each step frees the gradients
-(`zero_grad(set_to_none=True)`) before the next forward.
+(`zero_grad(set_to_none=True)`) before the next forward; with grad_accum > 1 the gradients are held
+while the next micro-batch's activations are saved, so both count. Evaluation (no gradients, up to
+128 rows a batch) is not counted. BENCHMARKS.md ("Memory estimate") compares the estimate with the
+live tensors of trials.
 """
 
 from __future__ import annotations
@@ -50,13 +54,16 @@ class MemoryEstimate:
     gradients: int
     optimizer: int
     activations: int
+    accumulating: bool = False  # grad_accum > 1: gradients are held while activations are saved
 
     @property
     def total(self) -> int:
+        if self.accumulating:
+            return self.weights + self.optimizer + self.gradients + self.activations
         return self.weights + self.optimizer + max(self.activations, self.gradients)
 
     def parts(self) -> dict[str, int]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "accumulating"}
 
     def describe(self) -> str:
         parts = ", ".join(f"{name} {value / GiB:.1f}" for name, value in self.parts().items())
@@ -97,38 +104,72 @@ def estimate(config: TrialConfig, base_config: Any, dtype: torch.dtype) -> Memor
         trainable += [((n_out, config.rank), 4) for _, n_out in adapted.values()]
         if config.method == "dora":
             trainable += [((n_out,), 4) for _, n_out in adapted.values()]
-        weights = sum(p.numel() * _stored_bytes(name, config, adapted, e) for name, p in params.items())
+        quantised = _quantised(meta) if config.method == "qlora" else set()
+        per_quantised = 0.5 + 4 / 64 if config.quantization == "nf4" else 1.0
+        weights = sum(p.numel() * (per_quantised if n in quantised else e) for n, p in params.items())
         weights += sum(math.prod(shape) * size for shape, size in trainable)
     gradients = sum(math.prod(shape) * size for shape, size in trainable)
     optimizer = sum(_state_bytes(shape, size, config.optimizer) for shape, size in trainable)
     if shards > 1:
-        gathered = max(sum(p.numel() for p in layer.parameters()) for layer in _layers(meta)) * e
+        # gathered whole at a time: the root's own weights (FSDP2 keeps them after the forward) and
+        # a decoder layer with the next one prefetched
+        sizes = sorted(sum(p.numel() for p in layer.parameters()) for layer in _layers(meta))
+        root = sum(p.numel() for p in params.values()) - sum(sizes)
+        gathered = (root + sum(sizes[-2:])) * e
         weights, gradients, optimizer = weights // shards + gathered, gradients // shards, optimizer // shards
     return MemoryEstimate(
         weights=int(weights),
         gradients=int(gradients),
         optimizer=int(optimizer),
         activations=int(_activations(config, base_config, adapted, e)),
+        accumulating=config.grad_accum > 1,
     )
 
 
 def check_fits(estimated: MemoryEstimate, config: TrialConfig, device: torch.device) -> None:
-    """On a GPU, a one-line ConfigError when the trial will not fit the device's free memory."""
+    """On a GPU, a one-line ConfigError when the trial will not fit the device's free memory (what
+    the driver has free, and what this process's allocator holds unused)."""
     if device.type != "cuda":
         return
     free = torch.cuda.mem_get_info(device)[0]
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     if estimated.total <= free:
         return
     fixes = ["a smaller batch_size (with grad_accum for the same step) or max_length"]
     if not config.gradient_checkpointing:
         fixes.append("gradient_checkpointing: true")
-    if config.optimizer in ("adamw", "adafactor") or config.method == "full":
-        fixes.append("optimizer: adamw_8bit" if config.optimizer == "adamw" else "a LoRA method")
-    fixes.append(f"fsdp_shards: {config.fsdp_shards * 2} (GPUs from --devices)")
+    if config.method == "full":
+        fixes.append("a LoRA method")
+    if config.optimizer == "adamw" and config.fsdp_shards == 1:
+        fixes.append("optimizer: adamw_8bit")
+    if _can_shard(config):
+        fixes.append(f"fsdp_shards: {config.fsdp_shards * 2}")
     raise ConfigError(
         f"trial needs {estimated.describe()} on {device}, which has {free / GiB:.1f} GiB free; "
         f"try {', '.join(fixes)}"
     )
+
+
+def _can_shard(config: TrialConfig) -> bool:
+    """Whether the trial could run sharded (config._validate_sharding allows it)."""
+    import dataclasses
+
+    try:
+        dataclasses.replace(config, fsdp_shards=2, batch_size=2 * config.batch_size)
+    except ConfigError:
+        return False
+    return True
+
+
+def _quantised(meta: torch.nn.Module) -> set[str]:
+    """The weights bitsandbytes quantises when transformers loads the model: every linear layer's
+    but the output embedding's."""
+    head = meta.get_output_embeddings()
+    return {
+        f"{name}.weight"
+        for name, module in meta.named_modules()
+        if isinstance(module, torch.nn.Linear) and module is not head
+    }
 
 
 def _adapted_linears(meta: torch.nn.Module, config: TrialConfig) -> dict[str, tuple[int, int]]:
@@ -145,20 +186,13 @@ def _adapted_linears(meta: torch.nn.Module, config: TrialConfig) -> dict[str, tu
     return found
 
 
-def _stored_bytes(name: str, config: TrialConfig, adapted: dict[str, tuple[int, int]], e: int) -> float:
-    """Bytes per parameter of the base as stored: QLoRA quantises the linear layers it adapts."""
-    if config.method != "qlora" or name.removesuffix(".weight") not in adapted:
-        return e
-    return 0.5 + 4 / 64 if config.quantization == "nf4" else 1.0
-
-
 def _state_bytes(shape: tuple[int, ...], size: int, optimizer: str) -> int:
     """What the optimizer keeps for one trainable tensor (bytes)."""
     n = math.prod(shape)
     if optimizer == "adamw":
         return 2 * n * size + 4  # exp_avg, exp_avg_sq and an fp32 step
-    if optimizer == "adafactor":
-        return (sum(shape[-2:]) if len(shape) >= 2 else n) * size + 4  # factored moments and an RMS
+    if optimizer == "adafactor":  # factored moments and an RMS, in fp32 whatever the weights' dtype
+        return (sum(shape[-2:]) if len(shape) >= 2 else n) * 4 + 4
     if n < 4096:  # bitsandbytes keeps 32-bit states for small tensors
         return 2 * n * 4
     # uint8 states, an fp32 scale per block of 256, and each state's 256-entry quantisation map
@@ -176,12 +210,19 @@ def _activations(config: TrialConfig, base: Any, adapted: dict[str, tuple[int, i
     h = text.hidden_size
     i = getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None) or 4 * h
     layers, heads, vocab = text.num_hidden_layers, text.num_attention_heads, text.vocab_size
+    head_dim = getattr(text, "head_dim", None) or h // heads
+    q_width = heads * head_dim
+    kv_width = (getattr(text, "num_key_value_heads", None) or heads) * head_dim
     tokens = config.batch_size // config.fsdp_shards * config.max_length
-    per_layer = 8 * h + 9 * e * h + 4 * e * i
+    # RMSNorms 2 x (fp32 copy + output), the inputs of q/k/v, o and the MLP, SDPA's q, k, v and
+    # output, the MLP's gate, up, product and activation
+    per_layer = 8 * h + 2 * e * h + 2 * e * h + 3 * e * q_width + 2 * e * kv_width + 4 * e * i
     if config.attn_implementation == "eager":
         per_layer += heads * config.max_length * (e + 4)
     if adapted:  # spread over the layers: the adapters' own saved tensors
         cast = 4 if e != 4 else 0
         per_layer += sum(n_in * cast + config.rank * 4 for n_in, _ in adapted.values()) / layers
-    kept = layers * h * e + per_layer if config.gradient_checkpointing else layers * per_layer
+    # under checkpointing, each layer's input, and one layer recomputed with its backward's
+    # temporaries (about twice its activations again, as measured: BENCHMARKS.md)
+    kept = layers * h * e + 3 * per_layer if config.gradient_checkpointing else layers * per_layer
     return tokens * (kept + vocab * (e + 8))

@@ -89,6 +89,7 @@ def prepare(
     on_build_step: Callable[[int, int], None] | None = None,
     on_tokens: Callable[[int, int], None] | None = None,
     device: torch.device | None = None,
+    measured: tuple[dict[str, float], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> Prepared:
     """Load the base model and data of `config` (building the world's base model on first use).
 
@@ -98,7 +99,8 @@ def prepare(
 
     Done once per process for each value of the config's `prepare_fields` (device and dtype as
     they resolve on this machine, so `auto` and what it means share one copy). A shard of a
-    sharded trial passes its own `device`.
+    sharded trial passes its own `device`, and the base's measures (`base_metrics`,
+    `base_general_rows`) its parent took, which it then does not take again.
     """
     cache_dir = Path(cache_dir or default_cache_dir())
     device = device or resolve_device(config.device)
@@ -137,10 +139,13 @@ def prepare(
             general_heldout=loss_batches(general_docs, EVAL_BATCH_SIZE, tokenizer.pad_token_id),
         )
         # measured once: forget of every trial is relative to these
-        on_device = base if device.type == "cpu" else copy.deepcopy(base).to(device)
-        prepared.base_metrics = evaluate_model(on_device, prepared)
-        prepared.base_general_rows = row_losses(on_device, prepared.general_heldout)
-        del on_device
+        if measured is None:
+            on_device = base if device.type == "cpu" else copy.deepcopy(base).to(device)
+            measured = evaluate_model(on_device, prepared), row_losses(on_device, prepared.general_heldout)
+            del on_device
+            if device.type == "cuda":
+                torch.cuda.empty_cache()  # the device's memory is the trials' (memory.check_fits)
+        prepared.base_metrics, prepared.base_general_rows = measured
         _PREPARED[key] = prepared
     return _PREPARED[key]
 

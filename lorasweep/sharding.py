@@ -3,20 +3,23 @@
     lorasweep run --config trial.yaml                 # trial.yaml says fsdp_shards: 2
     lorasweep optimize --workers 2 --devices 0,1,2,3  # a space with fsdp_shards: 2: two GPUs a worker
 
-`run_sharded` starts the trial as S processes (multiprocessing's spawn, a rendezvous on 127.0.0.1;
-gloo on CPUs, NCCL on GPUs with shard k on cuda:k of the visible devices). Each one runs the same
-trial code (trial.train_trial) with the model fully sharded (`fully_shard` per decoder layer and
-the root): each shard holds 1/S of the weights, gradients and optimizer states, trains batch_size/S
-rows of every batch (FSDP2 averages the gradients, so a step is the unsharded step), and evaluates
-every row (the forward is collective). The calling process supervises and talks to Optuna: shard 0
-sends it progress, each intermediate evaluation (it answers go on or stop: pruning), the trained
-weights when asked (export) and the result, which the study records as one trial.
+`run_sharded` starts the trial as S processes (multiprocessing's spawn; a TCP store on 127.0.0.1
+that the calling process opens for the rendezvous; gloo on CPUs, NCCL on GPUs with shard k on
+cuda:k of the visible devices). Each runs the same trial code (trial.train_trial) with the model
+fully sharded (`fully_shard` per decoder layer and the root): each shard holds 1/S of the weights,
+gradients and optimizer states, trains batch_size/S rows of every batch (FSDP2 averages the
+gradients, so a step is the unsharded step), and evaluates every row (the forward is collective).
 
-A shard that dies or fails ends the trial with the reason (`ShardFailed`, or the shard's own error);
-the other shards are stopped, and each shard dies with its parent, so no process is left behind.
+The calling process measures the base model once (`prepare`) and passes that to the shards; it
+supervises them and talks to Optuna: shard 0 sends it progress, each intermediate evaluation (it
+answers go on or stop: pruning), the trained weights when asked (export) and the result, which the
+study records as one trial. A shard that dies or fails ends the trial with the reason
+(`ShardFailed`, or the shard's own error); the other shards are killed, and each shard dies with
+its parent (Linux's parent-death signal), so no process is left behind. Shards ignore SIGINT and
+SIGTERM: the calling process handles those and ends them.
 
-Multi-node trials need only another rendezvous: the same code under `torchrun --nnodes N` (its
-environment variables in place of the 127.0.0.1 address) would shard a trial over machines.
+Multi-node trials need only another rendezvous: the same shard code under `torchrun --nnodes N`
+(its store in place of this one) would shard a trial over machines (README, "Across machines").
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
-import socket
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,23 +43,17 @@ from lorasweep.validation import ConfigError
 
 STOP_WAIT_S = 10  # for the shards to end after the trial, before they are killed
 DEATH_WAIT_S = 2  # after a shard's error, for a dead shard that caused it to be seen
-COLLECTIVE_TIMEOUT = timedelta(minutes=30)  # the supervisor ends a hung shard long before
+# a shard stuck in a collective (a peer hung, not dead) gives up after this; a dead peer is seen
+# by the calling process at once
+COLLECTIVE_TIMEOUT = timedelta(minutes=30)
 
 
 class ShardFailed(RuntimeError):
-    """A shard process of a sharded trial died."""
-
-
-class ShardError(Exception):
-    """A shard's own error, on its way to the caller (`error`)."""
-
-    def __init__(self, error: BaseException):
-        super().__init__(str(error))
-        self.error = error
+    """A shard process of a sharded trial died, or the shards ended without a result."""
 
 
 class Stopped(Exception):
-    """The supervisor stopped the trial (pruned, interrupted): a shard ends quietly."""
+    """The calling process stopped the trial (pruned): a shard ends quietly."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +70,7 @@ class Shard:
         from torch.distributed.fsdp import fully_shard
 
         mesh = init_device_mesh(self.device.type, (self.shards,))
-        for layer in decoder_layers(model):
+        for layer in decoder_layers(model, self.shards):
             fully_shard(layer, mesh=mesh)
         return fully_shard(model, mesh=mesh)
 
@@ -82,32 +78,33 @@ class Shard:
         """This shard's equal part of a batch's rows."""
         return batch.chunk(self.shards)[self.rank]
 
+    def reduce(self, value: float, op: str) -> float:
+        """`value` summed ('sum') or maximised ('max') over the shards."""
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.collective_device())
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+        return float(tensor)
 
-def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    def average(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The mean of `tensor` over the shards (each shard's share of the loss)."""
+        total = tensor.clone()
+        dist.all_reduce(total)
+        return total / self.shards
+
+    def collective_device(self) -> torch.device:
+        return self.device if self.device.type == "cuda" else torch.device("cpu")
+
+
+def decoder_layers(model: torch.nn.Module, shards: int = 1) -> list[torch.nn.Module]:
     """The model's decoder layers: the classes transformers names as never split across devices."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     names = set(getattr(inner, "_no_split_modules", None) or ())
     layers = [m for m in model.modules() if type(m).__name__ in names]
     if not layers:
-        raise ConfigError(f"fsdp_shards: cannot find the decoder layers of '{type(inner).__name__}'")
+        raise ConfigError(
+            f"field 'fsdp_shards' is {shards}; allowed: 1 for '{type(inner).__name__}' "
+            "(its config names no decoder layer class, _no_split_modules, to shard by)"
+        )
     return layers
-
-
-def across(value: float, op: str) -> float:
-    """`value` reduced over a sharded trial's shards ('sum' or 'max'); itself in a plain trial."""
-    if not dist.is_initialized():
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64, device=_collective_device())
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
-    return float(tensor)
-
-
-def _collective_device() -> torch.device:
-    return (
-        torch.device("cuda", torch.cuda.current_device())
-        if dist.get_backend() == "nccl"
-        else torch.device("cpu")
-    )
 
 
 def run_sharded(
@@ -118,62 +115,57 @@ def run_sharded(
     on_trained: Callable[[torch.nn.Module, object], None] | None = None,
 ) -> TrialResult:
     """Run the trial as `config.fsdp_shards` processes and return shard 0's result (module doc)."""
+    from lorasweep.prepare import prepare
+    from lorasweep.world import default_cache_dir
+
     _check_devices(config)
+    prepared = prepare(config, cache_dir)  # here, once: the shards take the base's own measures
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()  # what the base's measure cached on cuda:0 is shard 0's now
+    measured = (prepared.base_metrics, prepared.base_general_rows)
+    store = dist.TCPStore("127.0.0.1", 0, None, is_master=True, wait_for_workers=False)
+    cache = Path(cache_dir or default_cache_dir())
+    cache.mkdir(parents=True, exist_ok=True)
     ctx = mp.get_context("spawn")
-    port = _free_port()
-    ends: list[Connection] = []
-    procs = []
-    result = None
-    with tempfile.TemporaryDirectory(prefix="lorasweep-shards-") as tmp:
-        trained = Path(tmp) if on_trained is not None else None
+    procs, ends = [], []
+    with tempfile.TemporaryDirectory(prefix=".shards-", dir=cache) as tmp:
+        trained = Path(tmp, "trained.pt") if on_trained is not None else None
         try:
             for rank in range(config.fsdp_shards):
                 parent_end, child_end = ctx.Pipe()
-                proc = ctx.Process(
-                    target=_shard_main,
-                    args=(rank, config, port, cache_dir, child_end, trained, os.getpid()),
-                    name=f"lorasweep-shard-{rank}",
-                    daemon=True,
-                )
+                args = (rank, config, store.port, cache_dir, measured, child_end, trained, os.getpid())
+                proc = ctx.Process(target=_shard_main, args=args, name=f"lorasweep-shard-{rank}", daemon=True)
                 proc.start()
                 child_end.close()
-                ends.append(parent_end)
                 procs.append(proc)
-            result = _supervise(config, ends, procs, on_step, on_eval, on_trained, cache_dir)
-            return result
+                ends.append(parent_end)
+            result = _supervise(config, ends, procs, on_step, on_eval)
+            _stop(procs, STOP_WAIT_S)  # they end by themselves once the result is out
         finally:
-            # after the result the shards end by themselves; otherwise one may wait in a collective
-            _stop(procs, STOP_WAIT_S if result is not None else 0)
+            _stop(procs, 0)
             for end in ends:
                 end.close()
+        if trained is not None:  # the shards are gone: their devices are free for this
+            _trained_here(prepared, config, on_trained, trained)
+    return result
 
 
-def _supervise(config, ends, procs, on_step, on_eval, on_trained, cache_dir) -> TrialResult:
-    """Serve shard 0's messages until its result; a shard's error or death ends the trial."""
-    sentinels = {proc.sentinel: rank for rank, proc in enumerate(procs)}
-    watched = [*ends, *sentinels]
+def _supervise(config: TrialConfig, ends: list, procs: list, on_step, on_eval) -> TrialResult:
+    """Serve the shards' messages until shard 0's result; a shard's error or death ends the trial."""
+    open_ends = {end: rank for rank, end in enumerate(ends)}
+    running = {proc.sentinel: rank for rank, proc in enumerate(procs)}
 
     def serve(end: Connection) -> TrialResult | None:
-        return _serve(end.recv(), end, config, on_step, on_eval, on_trained, cache_dir)
-
-    while True:
-        for ready in wait(watched):
+        """Every message waiting on `end`; shard 0's result if one was among them."""
+        while end in open_ends and end.poll():
             try:
-                if ready in sentinels:
-                    rank = sentinels[ready]
-                    while ends[rank] in watched and ends[rank].poll():  # what it said before it ended
-                        serve(ends[rank])
-                    watched.remove(ready)
-                    procs[rank].join()
-                    if procs[rank].exitcode != 0:
-                        raise ShardFailed(_died(rank, config, procs))
-                    continue
-                try:
-                    result = serve(ready)
-                except EOFError:  # the process is ending: its sentinel says how
-                    watched.remove(ready)
-                    continue
-            except ShardError as err:
+                message = end.recv()
+            except EOFError:
+                del open_ends[end]
+                return None
+            try:
+                result = _serve(message, end, on_step, on_eval)
+            except _ShardError as err:
                 # a shard that dies breaks the others' collectives: it, not their error, is the reason
                 dead = _dead(procs, DEATH_WAIT_S)
                 if dead is not None:
@@ -181,9 +173,31 @@ def _supervise(config, ends, procs, on_step, on_eval, on_trained, cache_dir) -> 
                 raise err.error from None
             if result is not None:
                 return result
+        return None
+
+    while open_ends or running:
+        for ready in wait([*open_ends, *running]):
+            rank = open_ends.get(ready, running.get(ready))
+            result = serve(ends[rank])  # what a shard said comes before how it ended
+            if result is not None:
+                return result
+            if ready in running:
+                del running[ready]
+                procs[rank].join()
+                if procs[rank].exitcode != 0:
+                    raise ShardFailed(_died(rank, config, procs))
+    raise ShardFailed(f"the {config.fsdp_shards} shards ended without a result")
 
 
-def _serve(message, end, config, on_step, on_eval, on_trained, cache_dir) -> TrialResult | None:
+class _ShardError(Exception):
+    """A shard's own error, on its way to the caller."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _serve(message: tuple, end: Connection, on_step, on_eval) -> TrialResult | None:
     kind, *body = message
     if kind == "step" and on_step is not None:
         on_step(*body)
@@ -195,39 +209,29 @@ def _serve(message, end, config, on_step, on_eval, on_trained, cache_dir) -> Tri
             end.send("stop")
             raise
         end.send("go")
-    elif kind == "trained":
-        _trained_here(config, cache_dir, on_trained, *body)
-        end.send("go")
     elif kind == "error":
-        raise ShardError(body[0])
+        raise _ShardError(body[0])
     elif kind == "result":
         return body[0]
     return None
 
 
-def _trained_here(config: TrialConfig, cache_dir, on_trained, path: str) -> None:
+def _trained_here(prepared, config: TrialConfig, on_trained, path: Path) -> None:
     """`on_trained` in this process, on an unsharded model holding the shards' trained weights."""
     from lorasweep.modeling import trial_model
-    from lorasweep.prepare import prepare
 
-    prepared = prepare(config, cache_dir)
     resolved = config.resolved(prepared.train_docs.n_tokens)
     model, _ = trial_model(prepared.base, resolved, prepared.base_dir)
-    missing = model.load_state_dict(torch.load(path, weights_only=True), strict=False).unexpected_keys
-    if missing:
-        raise ShardFailed(f"the shards' trained weights do not fit the model: {missing[:3]}")
+    unexpected = model.load_state_dict(torch.load(path, weights_only=True), strict=False).unexpected_keys
+    if unexpected:
+        raise ShardFailed(f"the shards' trained weights do not fit the model: {unexpected[:3]}")
     on_trained(model, prepared)
 
 
 def _stop(procs: list, wait_s: float) -> None:
-    """End every shard: given `wait_s` to exit by itself, then SIGTERM, then SIGKILL."""
+    """Every shard ended: given `wait_s` seconds to exit by itself, then killed."""
     for proc in procs:
         proc.join(timeout=wait_s)
-    for proc in procs:
-        if proc.is_alive():
-            proc.terminate()
-    for proc in procs:
-        proc.join(timeout=STOP_WAIT_S)
         if proc.is_alive():
             proc.kill()
             proc.join()
@@ -260,23 +264,20 @@ def _check_devices(config: TrialConfig) -> None:
         )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _shard_main(
     rank: int,
     config: TrialConfig,
     port: int,
     cache_dir: Path | None,
+    measured: tuple,
     end: Connection,
     trained: Path | None,
     parent: int,
 ) -> None:
     """A shard process: join the group, run the trial's code, send shard 0's messages to the parent."""
     _die_with_parent(parent)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # the parent's to handle; it ends the shards
+        signal.signal(sig, signal.SIG_IGN)
     from lorasweep.display import quiet_libraries
     from lorasweep.modeling import resolve_device
     from lorasweep.trial import train_trial
@@ -287,9 +288,10 @@ def _shard_main(
         if device.type == "cuda":
             device = torch.device("cuda", rank)
             torch.cuda.set_device(device)
+        store = dist.TCPStore("127.0.0.1", port, None, is_master=False, timeout=COLLECTIVE_TIMEOUT)
         dist.init_process_group(
             "nccl" if device.type == "cuda" else "gloo",
-            init_method=f"tcp://127.0.0.1:{port}",
+            store=store,
             rank=rank,
             world_size=config.fsdp_shards,
             timeout=COLLECTIVE_TIMEOUT,
@@ -299,10 +301,11 @@ def _shard_main(
         result = train_trial(
             config,
             on_step=(lambda s, n: end.send(("step", s, n))) if rank == 0 else None,
-            on_eval=lambda step, learn, forget: _decide(end, rank, ("eval", step, learn, forget)),
+            on_eval=lambda step, learn, forget: _decide(shard, end, ("eval", step, learn, forget)),
             cache_dir=cache_dir,
-            on_trained=None if trained is None else lambda model, _: _send_trained(model, end, rank, trained),
+            on_trained=None if trained is None else lambda model, _: _save_trained(shard, model, trained),
             shard=shard,
+            measured=measured,
         )
         if rank == 0:
             end.send(("result", result))
@@ -316,10 +319,10 @@ def _shard_main(
         end.close()
 
 
-def _decide(end: Connection, rank: int, message: tuple) -> None:
+def _decide(shard: Shard, end: Connection, message: tuple) -> None:
     """Shard 0 asks the parent whether the trial goes on; every shard hears the answer."""
-    stop = torch.zeros(1, device=_collective_device())
-    if rank == 0:
+    stop = torch.zeros(1, device=shard.collective_device())
+    if shard.rank == 0:
         end.send(message)
         stop += end.recv() == "stop"
     dist.broadcast(stop, src=0)
@@ -327,18 +330,16 @@ def _decide(end: Connection, rank: int, message: tuple) -> None:
         raise Stopped
 
 
-def _send_trained(model: torch.nn.Module, end: Connection, rank: int, folder: Path) -> None:
-    """The trained weights gathered whole on shard 0, saved for the parent's `on_trained`."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    if rank == 0:
-        path = folder / "trained.pt"
-        torch.save({k: v for k, v in full.items() if k in trainable}, path)
-        end.send(("trained", str(path)))
-        end.recv()
-    dist.barrier()
+def _save_trained(shard: Shard, model: torch.nn.Module, path: Path) -> None:
+    """The trained (trainable) tensors gathered whole, saved by shard 0 for the parent's `on_trained`."""
+    trained = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:  # every shard takes part in each gather
+            whole = param.full_tensor() if hasattr(param, "full_tensor") else param
+            if shard.rank == 0:
+                trained[name] = whole.detach().cpu()
+    if shard.rank == 0:
+        torch.save(trained, path)
 
 
 def _picklable(err: BaseException) -> BaseException:

@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 
 from lorasweep.config import TrialConfig
 
@@ -104,11 +103,13 @@ def train_loop(
     checkpoints: Collection[int] = (),
     on_checkpoint: Callable[[int, float], None] | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    average: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> TrainStats:
     """Train on packed micro-batches (causal LM loss on every token), `grad_accum` per step.
 
     After each optimizer step in `checkpoints`, `on_checkpoint(step, mean_loss)` runs (evaluation,
-    reporting, pruning); its time is counted apart from training time.
+    reporting, pruning); its time is counted apart from training time. In a sharded trial,
+    `average` gives the mean of the shards' running losses (each shard trains part of every batch).
     """
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
@@ -144,7 +145,7 @@ def train_loop(
         if on_step is not None:
             on_step(step)
         if step in checkpoints:
-            train_loss = _checked_mean(running, interval_steps, step)
+            train_loss = _checked_mean(average(running) if average else running, interval_steps, step)
             running.zero_()
             interval_steps = 0
             if on_checkpoint is not None:
@@ -152,7 +153,7 @@ def train_loop(
                 on_checkpoint(step, train_loss)
                 eval_s += time.perf_counter() - t0
     if interval_steps:
-        train_loss = _checked_mean(running, interval_steps, step)
+        train_loss = _checked_mean(average(running) if average else running, interval_steps, step)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     train_s = time.perf_counter() - start - eval_s
@@ -160,10 +161,6 @@ def train_loop(
 
 
 def _checked_mean(running: torch.Tensor, n: int, step: int) -> float:
-    if dist.is_initialized():  # a sharded trial: the mean over every shard's rows
-        running = running.clone()
-        dist.all_reduce(running)
-        running /= dist.get_world_size()
     value = float(running) / n
     if not math.isfinite(value):
         raise NonFiniteLoss(f"training loss became {value} by step {step}")

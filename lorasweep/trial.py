@@ -7,12 +7,14 @@ evaluation batches, the base model's own metrics) is prepared once per process (
 
 from __future__ import annotations
 
+import copy
 import os
 import platform
 import time
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -24,7 +26,7 @@ from lorasweep.modeling import model_bytes, parameter_counts, resolve_device, re
 from lorasweep.optimizers import make_optimizer, state_bytes
 from lorasweep.prepare import Prepared, evaluate_model, prepare
 from lorasweep.records import TrialResult
-from lorasweep.sharding import Shard, across
+from lorasweep.sharding import Shard
 from lorasweep.train import WeightAverager, make_scheduler, train_loop
 from lorasweep.world import default_cache_dir
 
@@ -62,18 +64,22 @@ def train_trial(
     cache_dir: Path | None = None,
     on_trained: Callable[[torch.nn.Module, Prepared], None] | None = None,
     shard: Shard | None = None,
+    measured: tuple | None = None,
 ) -> TrialResult:
-    """`run_trial` in this process: the whole trial, or with `shard` this process's shard of it."""
+    """`run_trial` in this process: the whole trial, or with `shard` this process's shard of it
+    (`measured`: the base model's measures, taken by the calling process; see prepare)."""
     started = time.perf_counter()
     shards = shard.shards if shard else 1
+    reduce = shard.reduce if shard else lambda value, _op: value
     torch.set_num_threads(config.threads or max(1, len(os.sched_getaffinity(0)) // shards))
     device = shard.device if shard else resolve_device(config.device)
-    estimated = _estimate_before_loading(config, device)
+    estimated = _estimate(config, lambda: model_config(config), resolve_dtype(config.dtype, device))
     if estimated is not None:
         check_fits(estimated, config, device)
-    prepared = prepare(config, cache_dir, device=device)
+    prepared = prepare(config, cache_dir, device=device, measured=measured)
     config = config.resolved(prepared.train_docs.n_tokens)
-    estimated = estimated or estimate(config, prepared.base.config, prepared.base.dtype)
+    if estimated is None:  # the config file could not be read before loading: from the loaded model
+        estimated = _estimate(config, lambda: copy.deepcopy(prepared.base.config), prepared.base.dtype)
     torch.manual_seed(config.seed)
     _reset_peak_memory(prepared.device)
     if shard:  # sharded from the CPU copy: no device ever holds the whole model
@@ -126,6 +132,7 @@ def train_trial(
         on_step=step_done,
         checkpoints=checkpoints[:-1],
         on_checkpoint=checkpoint,
+        average=shard.average if shard else None,
     )
     eval_start = time.perf_counter()
     final = evaluate_model(model, prepared)
@@ -161,10 +168,10 @@ def train_trial(
         trainable_params=trainable,
         total_params=total,
         trainable_pct=100.0 * trainable / total,
-        peak_mem_bytes=int(across(_peak_memory(prepared.device), "max")),  # of the fullest device
-        memory_estimate_bytes=estimated.total,
-        memory_estimate=estimated.parts(),
-        optimizer_state_bytes=int(across(state_bytes(optimizer), "sum")),  # of every shard
+        peak_mem_bytes=int(reduce(_peak_memory(prepared.device), "max")),  # of the fullest device
+        memory_estimate_bytes=None if estimated is None else estimated.total,
+        memory_estimate=None if estimated is None else estimated.parts(),
+        optimizer_state_bytes=int(reduce(state_bytes(optimizer), "sum")),  # of every shard
         model_bytes=model_bytes(model),
         peak_lr=config.peak_lr,
         train_steps=stats.steps,
@@ -188,14 +195,15 @@ def train_trial(
     )
 
 
-def _estimate_before_loading(config: TrialConfig, device: torch.device) -> MemoryEstimate | None:
-    """The memory estimate from the model's config file; None where it cannot be read, as `prepare`
-    then says why in its own words (or, for a model it can load, the estimate follows)."""
+def _estimate(
+    config: TrialConfig, base_config: Callable[[], Any], dtype: torch.dtype
+) -> MemoryEstimate | None:
+    """The trial's memory estimate, or None where the model's config cannot be read or laid out
+    (a model `prepare` then names the problem with, an architecture the estimate cannot read)."""
     try:
-        base_config = model_config(config)
-    except (OSError, ValueError):
+        return estimate(config, base_config(), dtype)
+    except Exception:  # noqa: BLE001 - an estimate is advice: no trial fails for lack of one
         return None
-    return estimate(config, base_config, resolve_dtype(config.dtype, device))
 
 
 def compiled(model: torch.nn.Module, cache_dir: Path) -> torch.nn.Module:

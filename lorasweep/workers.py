@@ -124,8 +124,6 @@ def run_sweep(
     """
     if workers > 1:
         return run_workers(command, n_trials, timeout, workers, seed, devices, study, on_trial)
-    if devices:  # this process is the one worker: its GPUs, before CUDA starts
-        os.environ["CUDA_VISIBLE_DEVICES"] = devices[0]
     callbacks = [*optimize_kwargs.pop("callbacks", ()), lambda _study, frozen: on_trial(frozen)]
     code = run_here(study, objective, n_trials, timeout, callbacks=callbacks, **optimize_kwargs)
     return code, INTERRUPTED.format("trial is") if code else ""

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import typing
 
+import optuna
 import pytest
 import torch
+import yaml
+from conftest import TINY_SPACE, optimize
 
 from lorasweep.config import Optimizer, TrialConfig
 from lorasweep.optimizers import make_optimizer
@@ -48,3 +51,18 @@ def test_optimizers_take_the_trial_lr_and_weight_decay():
         config = TrialConfig(optimizer=name, learning_rate=3e-4, weight_decay=0.05)
         group = make_optimizer(model, config).param_groups[0]
         assert (group["lr"], group["weight_decay"]) == (3e-4, 0.05), name
+
+
+def test_a_study_searches_the_optimizer_and_records_its_state(tmp_path):
+    baselines = [{"optimizer": "adamw"}, {"optimizer": "adafactor"}]
+    space = dict(TINY_SPACE, params={"optimizer": {"choices": ["adamw", "adafactor"]}}, baselines=baselines)
+    space["config"] = dict(space["config"], method="full", learning_rate=1e-3)
+    path = tmp_path / "optimizers.yaml"
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    url = optimize(tmp_path, path, "--n-trials", "2")
+    trials = optuna.load_study(study_name="default", storage=url).trials
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert {t.params["optimizer"] for t in done} == {"adamw", "adafactor"}
+    for t in done:
+        assert t.user_attrs["config"]["optimizer"] == t.params["optimizer"]
+        assert t.user_attrs["optimizer_state_bytes"] == t.user_attrs["memory_estimate"]["optimizer"]

@@ -264,3 +264,19 @@ def test_every_file_format_reads_the_same_documents(suffix, repo, model_dirs, tm
     assert (
         list(load_corpus(TrialConfig(**{**config.__dict__, "domain": str(path)})).domain_train) == reference
     )
+
+
+def test_a_sharded_lora_trial_generates_on_user_probes_as_the_unsharded_one(repo, model_dirs, cache_dir):
+    """User probes are scored by generate(), which under FSDP2 bypasses the root's forward hook."""
+    import dataclasses
+
+    from lorasweep.trial import run_trial
+
+    config = dataclasses.replace(
+        user_config(repo, model_dirs["llama"], method="lora", learning_rate=1e-2), max_steps=4, eval_points=2
+    )
+    plain = run_trial(config, cache_dir=cache_dir)
+    sharded = run_trial(dataclasses.replace(config, fsdp_shards=2), cache_dir=cache_dir)
+    assert sharded.learn == plain.learn
+    assert sharded.learn_curve == plain.learn_curve
+    assert sharded.forget == pytest.approx(plain.forget, abs=1e-3)

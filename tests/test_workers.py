@@ -22,9 +22,9 @@ def test_cores_are_shared_out():
 def test_each_worker_gets_the_gpus_of_its_sharded_trials(tmp_path):
     assert check_run(4, None, 2, "0,1") == ["0", "1"]
     assert check_run(4, None, 2, "0,1,2,3", shards=2) == ["0,1", "2,3"]
-    space = dict(TINY_SPACE, params=dict(TINY_SPACE["params"], fsdp_shards={"choices": [1, 2]}))
+    space = dict(TINY_SPACE, params=dict(TINY_SPACE["params"], fsdp_shards={"choices": [1, 2]}), baselines=[])
     path = tmp_path / "shards.yaml"
-    path.write_text(yaml.safe_dump(space))
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
     assert shards_of(load_space(path)) == 2
     result = invoke("optimize", "--space", str(path), "--workers", "2", "--devices", "0,1", cwd=tmp_path)
     assert result.returncode == 2
