@@ -36,6 +36,8 @@ METHODS = typing.get_args(Method)
 ADAPTER_METHODS = tuple(m for m in METHODS if m != "full")
 TARGET_PRESETS = typing.get_args(TargetPreset)
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+LORA_INITS = ("default", "gaussian", "orthogonal", "pissa", "olora")
+PISSA_NITER = re.compile(r"pissa_niter_\d+")
 # field metadata: the field shapes what `prepare` loads (base model, data, evaluation sets)
 PREPARE = {"prepare": True}
 
@@ -119,10 +121,14 @@ class TrialConfig:
     alpha_ratio: float | None = None  # alpha as a multiple of rank (default 2)
     target_modules: TargetPreset = "all-linear"
     lora_dropout: float = 0.0
+    # how LoRA's matrices start (PEFT's init_lora_weights): default (B = 0), gaussian, orthogonal, or
+    # from the base weights' singular vectors: pissa, pissa_niter_K (fast SVD, K iterations), olora
+    init_lora_weights: str = "default"
     quantization: Quantization = "nf4"  # qlora's base weights (bitsandbytes): 4-bit nf4 or 8-bit int8
     learning_rate: float = 1e-3
     # adamw (torch), adamw_8bit and paged_adamw_8bit (bitsandbytes), adafactor (transformers)
     optimizer: Optimizer = "adamw"
+    loraplus_lr_ratio: float | None = None  # LoRA+: the B matrices' LR as a multiple of learning_rate
     lr_scaling: LrScaling = "none"  # scale learning_rate by (batch / reference_batch_size): sqrt or linear
     reference_batch_size: int = 16  # sequences per optimizer step that learning_rate is meant for
     batch_size: int = 16  # sequences per forward pass
@@ -191,6 +197,31 @@ class TrialConfig:
             "set only one of alpha and alpha_ratio",
         )
         check(self, "lora_dropout", 0 <= self.lora_dropout < 1, "a number in [0, 1)")
+        check(
+            self,
+            "init_lora_weights",
+            self.init_lora_weights in LORA_INITS or bool(PISSA_NITER.fullmatch(self.init_lora_weights)),
+            f"{', '.join(LORA_INITS)} or pissa_niter_K (K fast-SVD iterations)",
+        )
+        check(
+            self,
+            "init_lora_weights",
+            self.init_lora_weights == "default" or self.method != "full",
+            "default with method full (it says how a LoRA adapter starts)",
+        )
+        check(
+            self,
+            "init_lora_weights",
+            self.init_lora_weights in ("default", "gaussian") or self.method != "qlora",
+            "default or gaussian with method qlora (the others read or change the base weights, "
+            "which bitsandbytes holds quantised)",
+        )
+        check(
+            self,
+            "loraplus_lr_ratio",
+            self.loraplus_lr_ratio is None or (self.loraplus_lr_ratio > 0 and self.method != "full"),
+            "unset, or a number > 0 with a LoRA method (it sets the LR of LoRA's B matrices)",
+        )
         check(self, "learning_rate", 0 < self.learning_rate < 1, "a number in (0, 1)")
         check(self, "reference_batch_size", self.reference_batch_size >= 1, "an integer >= 1")
         check(self, "batch_size", self.batch_size >= 1, "an integer >= 1")

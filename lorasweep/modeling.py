@@ -194,9 +194,18 @@ def trial_model(
         target_modules=modules,
         use_rslora=config.method == "rslora",
         use_dora=config.method == "dora",
+        init_lora_weights=True if config.init_lora_weights == "default" else config.init_lora_weights,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(_checkpointed(model, config), lora), modules
+    try:
+        return get_peft_model(_checkpointed(model, config), lora), modules
+    except (ValueError, NotImplementedError) as err:
+        if config.init_lora_weights == "default":
+            raise
+        raise ConfigError(  # an initialisation PEFT refuses for this model or method
+            f"field 'init_lora_weights' is '{config.init_lora_weights}'; PEFT refuses it with method "
+            f"{config.method}: {_first_line(err)}"
+        ) from None
 
 
 def _check_rank(base: torch.nn.Module, modules: list[str], rank: int) -> None:

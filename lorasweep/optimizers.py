@@ -10,7 +10,9 @@
   matrix's second moments factored into a row and a column vector, no first moment.
 
 Every optimizer takes the trial's peak learning rate and weight decay with the same betas and eps
-as torch's AdamW, so the field changes only the optimizer.
+as torch's AdamW, so the field changes only the optimizer. LoRA+ (`loraplus_lr_ratio`, arXiv
+2402.12354) composes with each: PEFT's `create_loraplus_optimizer` builds the chosen one with the
+B matrices (and biases) at `loraplus_lr_ratio` times the LR; the schedule scales every group alike.
 """
 
 from __future__ import annotations
@@ -21,21 +23,35 @@ from lorasweep.config import TrialConfig
 
 
 def make_optimizer(model: torch.nn.Module, config: TrialConfig) -> torch.optim.Optimizer:
+    """The config's optimizer over the model's trainable weights; with `loraplus_lr_ratio`, PEFT's
+    LoRA+ parameter groups (the B matrices at that multiple of the LR) in the same optimizer."""
+    cls, options = _optimizer_class(config)
+    if config.loraplus_lr_ratio is not None:
+        from peft.optimizers import create_loraplus_optimizer
+
+        return create_loraplus_optimizer(
+            model,
+            cls,
+            lr=config.peak_lr,
+            loraplus_lr_ratio=config.loraplus_lr_ratio,
+            loraplus_weight_decay=config.weight_decay,
+            **options,
+        )
     params = [p for p in model.parameters() if p.requires_grad]
-    lr, decay = config.peak_lr, config.weight_decay
+    return cls(params, lr=config.peak_lr, weight_decay=config.weight_decay, **options)
+
+
+def _optimizer_class(config: TrialConfig) -> tuple[type[torch.optim.Optimizer], dict]:
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=decay, fused=True)
+        return torch.optim.AdamW, {"fused": True}
     if config.optimizer == "adafactor":
         from transformers.optimization import Adafactor
 
-        return Adafactor(
-            params, lr=lr, weight_decay=decay, relative_step=False, scale_parameter=False, warmup_init=False
-        )
+        return Adafactor, {"relative_step": False, "scale_parameter": False, "warmup_init": False}
     import bitsandbytes as bnb
 
-    cls = bnb.optim.PagedAdamW8bit if config.optimizer == "paged_adamw_8bit" else bnb.optim.AdamW8bit
     # bitsandbytes' AdamW defaults to weight decay 0.01: ours is the config's, as for torch's
-    return cls(params, lr=lr, weight_decay=decay)
+    return (bnb.optim.PagedAdamW8bit if config.optimizer == "paged_adamw_8bit" else bnb.optim.AdamW8bit), {}
 
 
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:

@@ -160,12 +160,21 @@ def export_trial(
             "--merge: a qlora trial's base is quantised, and merging into 4-bit weights loses the "
             "adapter's precision; export the adapter and merge it into the unquantised base"
         )
+    if not merge and config.method == "dora" and mutates_base(config):
+        raise ConfigError(
+            f"--merge: a dora trial started with init_lora_weights '{config.init_lora_weights}' cannot be "
+            "converted into an adapter on the original base (DoRA's magnitudes belong to the changed "
+            "base); export it merged"
+        )
     out.mkdir(parents=True, exist_ok=True)
 
     def save(model, prepared: Prepared) -> None:
         if merge and config.method != "full":
             model = model.merge_and_unload()
-        model.save_pretrained(out, safe_serialization=True)
+        if config.method != "full" and not merge and mutates_base(config):
+            save_on_original_base(model, prepared, config, out)
+        else:
+            model.save_pretrained(out, safe_serialization=True)
         prepared.tokenizer.save_pretrained(out)
 
     from lorasweep.trial import run_trial
@@ -174,6 +183,30 @@ def export_trial(
     write_trial_yaml(frozen.user_attrs["config"], out / "trial.yaml")
     (out / "README.md").write_text(model_card(frozen, result, merge))
     return result
+
+
+def mutates_base(config: TrialConfig) -> bool:
+    """PiSSA and OLoRA start the adapter from the base weights' leading components, and take them
+    out of the base: the trained adapter belongs to that changed base."""
+    return config.init_lora_weights.startswith(("pissa", "olora"))
+
+
+def save_on_original_base(model, prepared: Prepared, config: TrialConfig, out: Path) -> None:
+    """The adapter as a plain LoRA adapter (rank 2r) on the original base, which plain PEFT loads
+    (PEFT's conversion: the trained adapter minus the one the trial started from)."""
+    import tempfile
+
+    import torch
+
+    from lorasweep.modeling import trial_model
+
+    with tempfile.TemporaryDirectory() as initial_dir:
+        torch.manual_seed(config.seed)  # as run_trial starts the trial: the same initial adapter
+        initial, _ = trial_model(prepared.base, config, prepared.base_dir)
+        initial.save_pretrained(initial_dir, safe_serialization=True)
+        model.save_pretrained(
+            out, safe_serialization=True, path_initial_model_for_weight_conversion=initial_dir
+        )
 
 
 def model_card(frozen: optuna.trial.FrozenTrial, result: TrialResult, merge: bool) -> str:

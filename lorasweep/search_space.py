@@ -28,6 +28,7 @@ from typing import Any
 import optuna
 
 from lorasweep.config import TrialConfig
+from lorasweep.search_options import make_pruner, make_sampler, parse_objective, parse_sampler
 from lorasweep.validation import ConfigError, coerce, did_you_mean, field_kind, load_yaml, unknown
 
 DEFAULT_SPACE = Path("search_spaces/default.yaml")
@@ -41,44 +42,7 @@ SPACE_KEYS = (
     "sampler",
     "compare",
 )
-OBJECTIVES = ("pareto", "constrained")
-# Optuna's pruners act on the intermediate learn values and cannot prune multi-objective studies,
-# so they need `objective: constrained`; the dominance pruner (pruning.py) is for pareto studies.
-PRUNERS = {
-    "none": {},
-    "median": {"n_startup_trials": int, "n_warmup_steps": int},
-    "hyperband": {"min_resource": int, "reduction_factor": int},
-    "dominance": {"k": int, "warmup_points": int},
-}
-PRUNER_DEFAULTS = {
-    "none": {},
-    "median": {"n_startup_trials": 4, "n_warmup_steps": 0},
-    "hyperband": {"min_resource": 1, "reduction_factor": 3},
-    "dominance": {"k": 2, "warmup_points": 1},
-}
-PRUNER_OBJECTIVE = {"median": "constrained", "hyperband": "constrained", "dominance": "pareto"}
 PARAM_KEYS = ("type", "field", "low", "high", "log", "step", "choices", "when")
-SAMPLERS = {
-    "tpe": {
-        "n_startup_trials": int,
-        "n_ei_candidates": int,
-        "multivariate": bool,
-        "group": bool,
-        "constant_liar": bool,
-    },
-    "random": {},
-}
-# Optuna 5 changed TPE's defaults; lorasweep states its own so a study's sampler never drifts.
-SAMPLER_DEFAULTS = {
-    "tpe": {
-        "n_startup_trials": 8,
-        "n_ei_candidates": 24,
-        "multivariate": True,
-        "group": True,
-        "constant_liar": True,
-    },
-    "random": {},
-}
 
 
 @dataclass
@@ -159,18 +123,10 @@ class SearchSpace:
         return self.trial_config(values)
 
     def make_sampler(self, seed: int) -> optuna.samplers.BaseSampler:
-        options = {k: v for k, v in self.sampler.items() if k != "name"}
-        if self.sampler["name"] == "random":
-            return optuna.samplers.RandomSampler(seed=seed)
-        return optuna.samplers.TPESampler(seed=seed, **options)
+        return make_sampler(self.sampler, seed)
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
-        options = {k: v for k, v in self.pruner.items() if k != "name"}
-        if self.pruner["name"] == "median":
-            return optuna.pruners.MedianPruner(**options)
-        if self.pruner["name"] == "hyperband":
-            return optuna.pruners.HyperbandPruner(**options)
-        return optuna.pruners.NopPruner()  # none, or dominance: applied by the objective itself
+        return make_pruner(self.pruner)
 
 
 def load_space(path: Path) -> SearchSpace:
@@ -191,8 +147,8 @@ def parse_space(raw: Any, path: Path) -> SearchSpace:
     params = _parse_params(raw.get("params") or {}, config, src)
     if not params:
         raise ConfigError(f"{src}: 'params' is empty; a search space searches at least one field")
-    space = SearchSpace(path, raw, config, params, [], _parse_sampler(raw.get("sampler") or {}, src))
-    _parse_objective(space, raw, src)
+    space = SearchSpace(path, raw, config, params, [], parse_sampler(raw.get("sampler") or {}, src))
+    space.objective, space.forget_tolerance, space.pruner = parse_objective(raw, src)
     space.compare = _parse_compare(raw.get("compare"), params, src)
     baselines = raw.get("baselines") or []
     if not isinstance(baselines, list):
@@ -310,30 +266,6 @@ def _check_exclusive(params: list[Param], src: str) -> None:
                 )
 
 
-def _parse_objective(space: SearchSpace, raw: dict[str, Any], src: str) -> None:
-    objective = raw.get("objective", "pareto")
-    if objective not in OBJECTIVES:
-        raise ConfigError(f"{src}: objective '{objective}' is unknown (allowed: {', '.join(OBJECTIVES)})")
-    tolerance = raw.get("forget_tolerance")
-    if tolerance is not None:
-        tolerance = coerce(tolerance, float, src, "forget_tolerance")
-        if tolerance < 0:
-            raise ConfigError(f"{src}: field 'forget_tolerance' is {tolerance}; allowed: a number >= 0")
-    if objective == "constrained" and tolerance is None:
-        raise ConfigError(f"{src}: objective 'constrained' needs forget_tolerance (nats/token)")
-    pruner = raw.get("pruner") or {"name": "none"}
-    pruner = _parse_options(
-        pruner if isinstance(pruner, dict) else {"name": pruner}, PRUNERS, PRUNER_DEFAULTS, "pruner", src
-    )
-    needs = PRUNER_OBJECTIVE.get(pruner["name"], objective)
-    if needs != objective:
-        why = " (Optuna cannot prune multi-objective studies)" if needs == "constrained" else ""
-        raise ConfigError(f"{src}: pruner '{pruner['name']}' needs objective: {needs}{why}")
-    if pruner["name"] == "dominance" and (pruner["k"] < 1 or pruner["warmup_points"] < 0):
-        raise ConfigError(f"{src}: dominance pruner needs k >= 1 and warmup_points >= 0")
-    space.objective, space.forget_tolerance, space.pruner = objective, tolerance, pruner
-
-
 def _parse_compare(raw: Any, params: list[Param], src: str) -> str | None:
     """`compare: NAME`: a categorical param that every trial has (no `when`)."""
     if raw is None:
@@ -345,29 +277,6 @@ def _parse_compare(raw: Any, params: list[Param], src: str) -> str | None:
             f"{src}: 'compare' is {raw!r}; allowed: a categorical param every trial has ({allowed})"
         )
     return raw
-
-
-def _parse_sampler(raw: Any, src: str) -> dict[str, Any]:
-    return _parse_options(raw, SAMPLERS, SAMPLER_DEFAULTS, "sampler", src)
-
-
-def _parse_options(
-    raw: Any, kinds: dict[str, dict[str, type]], defaults: dict[str, dict[str, Any]], what: str, src: str
-) -> dict[str, Any]:
-    """`{name: ..., option: value}` for a sampler or pruner, with lorasweep's defaults filled in."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{src}: '{what}' must be a mapping with a name and options")
-    name = raw.get("name", next(iter(kinds)))
-    if not isinstance(name, str) or name not in kinds:
-        raise ConfigError(f"{src}: {what} name '{name}' is unknown (allowed: {', '.join(kinds)})")
-    options = dict(defaults[name])
-    for key, value in raw.items():
-        if key == "name":
-            continue
-        if key not in kinds[name]:
-            raise ConfigError(f"{src}: {unknown(f'{what} option', key, kinds[name], of=f' for {name}')}")
-        options[key] = coerce(value, kinds[name][key], f"{src} {what}", key)
-    return {"name": name, **options}
 
 
 def _baseline(space: SearchSpace, raw: Any, where: str) -> dict[str, Any]:

@@ -221,6 +221,7 @@ def _trained_here(prepared, config: TrialConfig, on_trained, path: Path) -> None
     from lorasweep.modeling import trial_model
 
     resolved = config.resolved(prepared.train_docs.n_tokens)
+    torch.manual_seed(resolved.seed)  # as the shards began: the same initial adapter (PiSSA's residual base)
     model, _ = trial_model(prepared.base, resolved, prepared.base_dir)
     unexpected = model.load_state_dict(torch.load(path, weights_only=True), strict=False).unexpected_keys
     if unexpected:

@@ -56,6 +56,19 @@ def test_steps_follow_token_budget():
         ),
         ({"fsdp_shards": 0}, "field 'fsdp_shards' is 0; allowed: an integer >= 1"),
         (
+            {"init_lora_weights": "svd"},
+            "field 'init_lora_weights' is 'svd'; allowed: default, gaussian, orthogonal",
+        ),
+        (
+            {"method": "qlora", "init_lora_weights": "orthogonal"},
+            "allowed: default or gaussian with method qlora",
+        ),
+        ({"method": "full", "init_lora_weights": "pissa"}, "allowed: default with method full"),
+        (
+            {"method": "full", "loraplus_lr_ratio": 16},
+            "field 'loraplus_lr_ratio' is 16.0; allowed: unset, or",
+        ),
+        (
             {"fsdp_shards": 3, "batch_size": 16},
             "field 'batch_size' is 16; allowed: a multiple of fsdp_shards (3)",
         ),

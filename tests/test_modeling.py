@@ -5,8 +5,8 @@ import torch
 from conftest import ARCHITECTURES, tiny_model
 from peft import LoraConfig, get_peft_model
 
-from lorasweep.config import TARGET_PRESETS
-from lorasweep.modeling import target_modules
+from lorasweep.config import TARGET_PRESETS, TrialConfig
+from lorasweep.modeling import target_modules, trial_model
 from lorasweep.validation import ConfigError
 
 
@@ -44,3 +44,21 @@ def test_unknown_architecture_says_which_are_known():
     model.config.model_type = "mamba"
     with pytest.raises(ConfigError, match="no presets for architecture 'mamba' \\(known: llama"):
         target_modules(model, "all-linear")
+
+
+@pytest.mark.parametrize("init", ["gaussian", "orthogonal", "pissa", "pissa_niter_2", "olora"])
+def test_each_lora_init_starts_the_adapter_its_own_way_with_the_base_function(init):
+    """What init_lora_weights changes: the adapter's (and for PiSSA/OLoRA the base's) starting
+    weights; what it keeps: the model computes the base's function before training."""
+    base = tiny_model("llama")
+    torch.manual_seed(0)
+    default, _ = trial_model(base, TrialConfig(rank=4, alpha=8), "unused")
+    torch.manual_seed(0)
+    other, _ = trial_model(base, TrialConfig(rank=4, alpha=8, init_lora_weights=init), "unused")
+    pairs = zip(default.named_parameters(), other.named_parameters(), strict=True)
+    changed = {a_name for (a_name, a), (_, b) in pairs if not torch.equal(a, b)}
+    assert any("lora_A" in name for name in changed)
+    assert any("base_layer" in name for name in changed) == init.startswith(("pissa", "olora"))
+    tokens = torch.randint(0, 64, (2, 16))
+    with torch.no_grad():
+        assert torch.allclose(default.eval()(tokens).logits, other.eval()(tokens).logits, atol=1e-4)

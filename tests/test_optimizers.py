@@ -12,6 +12,7 @@ import yaml
 from conftest import TINY_SPACE, optimize
 
 from lorasweep.config import Optimizer, TrialConfig
+from lorasweep.modeling import trial_model
 from lorasweep.optimizers import make_optimizer
 from lorasweep.trial import run_trial
 
@@ -66,3 +67,25 @@ def test_a_study_searches_the_optimizer_and_records_its_state(tmp_path):
     for t in done:
         assert t.user_attrs["config"]["optimizer"] == t.params["optimizer"]
         assert t.user_attrs["optimizer_state_bytes"] == t.user_attrs["memory_estimate"]["optimizer"]
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_loraplus_trains_the_b_matrices_at_a_multiple_of_the_lr(prepared, tiny_world, name):
+    config = TrialConfig(world=tiny_world, rank=4, learning_rate=1e-3, loraplus_lr_ratio=16, optimizer=name)
+    model, _ = trial_model(prepared.base, config.resolved(prepared.train_docs.n_tokens), prepared.base_dir)
+    optimizer = make_optimizer(model, config)
+    lr = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert len(lr) == len(trained)
+    for n, p in trained.items():
+        assert lr[id(p)] == pytest.approx(16e-3 if "lora_B" in n else 1e-3), n
+
+
+def test_loraplus_changes_what_a_trial_learns(tiny_world, cache_dir):
+    base = {"world": tiny_world, "batch_size": 8, "max_length": 32, "train_tokens": 8192, "eval_points": 0}
+    plain = run_trial(TrialConfig(**base, rank=4, learning_rate=3e-3), cache_dir=cache_dir)
+    plus = run_trial(
+        TrialConfig(**base, rank=4, learning_rate=3e-3, loraplus_lr_ratio=16), cache_dir=cache_dir
+    )
+    assert plus.config["loraplus_lr_ratio"] == 16
+    assert plus.train_loss < plain.train_loss  # B learns 16x faster at the same A learning rate

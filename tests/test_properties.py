@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from lorasweep.config import TrialConfig, WorldConfig
-from lorasweep.search_space import PARAM_KEYS, PRUNERS, SAMPLERS, SPACE_KEYS, load_space
+from lorasweep.search_options import PRUNERS, SAMPLERS
+from lorasweep.search_space import PARAM_KEYS, SPACE_KEYS, load_space
 from lorasweep.validation import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -131,3 +131,30 @@ def exact_match(model, tokenizer, probes) -> float:
         predicted = logits[len(prompt) - 1 : len(full) - 1].argmax(-1).tolist()
         correct += predicted == full[len(prompt) :]
     return correct / len(probes)
+
+
+@pytest.mark.parametrize("init", ["pissa_niter_2", "olora"])
+def test_an_adapter_that_changed_its_base_exports_as_plain_lora_on_the_original_base(init, tmp_path):
+    """PiSSA and OLoRA take the adapter's start out of the base: the export is converted back."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lorasweep.config import WorldConfig
+    from lorasweep.world import build_world
+
+    space = {**TINY_SPACE, "params": {"init_lora_weights": {"choices": [init]}}, "baselines": []}
+    space["config"] = {**TINY_SPACE["config"], "method": "lora", "rank": 4, "learning_rate": 3e-3}
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
+    url = optimize(tmp_path, "space.yaml", "--n-trials", "1")
+    out = tmp_path / "export"
+    result = invoke("export", "--trial", "0", "--out", str(out), "--storage", url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    recorded = optuna.load_study(study_name="default", storage=url).trials[0].user_attrs
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert adapter["r"] == 8 and adapter["init_lora_weights"] is True  # rank 2r, a plain LoRA adapter
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(adapter["base_model_name_or_path"]), out
+    )
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    world = build_world(WorldConfig(**recorded["config"]["world"]))
+    assert exact_match(model.eval(), tokenizer, world.domain_probes) == recorded["learn"]
