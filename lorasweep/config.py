@@ -36,7 +36,7 @@ METHODS = typing.get_args(Method)
 ADAPTER_METHODS = tuple(m for m in METHODS if m != "full")
 TARGET_PRESETS = typing.get_args(TargetPreset)
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
-LORA_INITS = ("default", "gaussian", "orthogonal", "pissa", "olora")
+LORA_INITS = ("default", "gaussian", "orthogonal", "pissa", "olora", "eva")
 PISSA_NITER = re.compile(r"pissa_niter_\d+")
 # field metadata: the field shapes what `prepare` loads (base model, data, evaluation sets)
 PREPARE = {"prepare": True}
@@ -121,8 +121,9 @@ class TrialConfig:
     alpha_ratio: float | None = None  # alpha as a multiple of rank (default 2)
     target_modules: TargetPreset = "all-linear"
     lora_dropout: float = 0.0
-    # how LoRA's matrices start (PEFT's init_lora_weights): default (B = 0), gaussian, orthogonal, or
-    # from the base weights' singular vectors: pissa, pissa_niter_K (fast SVD, K iterations), olora
+    # how LoRA's matrices start (PEFT's init_lora_weights): default (B = 0), gaussian, orthogonal,
+    # from the base weights' singular vectors: pissa, pissa_niter_K (fast SVD, K iterations), olora,
+    # or from the trial's training batches: eva
     init_lora_weights: str = "default"
     quantization: Quantization = "nf4"  # qlora's base weights (bitsandbytes): 4-bit nf4 or 8-bit int8
     learning_rate: float = 1e-3

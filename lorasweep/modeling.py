@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -165,20 +166,26 @@ def target_modules(model: torch.nn.Module, preset: str) -> list[str]:
 
 
 def trial_model(
-    base: torch.nn.Module, config: TrialConfig, base_dir: str | Path, device: torch.device = CPU
+    base: torch.nn.Module,
+    config: TrialConfig,
+    base_dir: str | Path,
+    device: torch.device = CPU,
+    init_batches: Iterable[torch.Tensor] | None = None,
 ) -> tuple[torch.nn.Module, list[str]]:
     """A fresh trainable model for this trial on `device`, and the module names the adapter was put on.
 
     Full FT and LoRA variants start from a deep copy of the in-memory base (kept on the CPU, so the
     accelerator holds only the trial's model). QLoRA needs the base quantised at load time, so it
-    loads `base_dir` again with a bitsandbytes config.
+    loads `base_dir` again with a bitsandbytes config. A data-driven initialisation (`eva`) reads
+    `init_batches`, the first batches of the trial's own training stream; without them (a model
+    rebuilt to receive trained weights) the adapter is left as PEFT creates it.
     """
     if config.method == "full":
         model = copy.deepcopy(base).to(device).train()
         for p in model.parameters():
             p.requires_grad_(True)
         return _checkpointed(model, config), []
-    from peft import LoraConfig, get_peft_model
+    from peft import EvaConfig, LoraConfig, get_peft_model
 
     modules = target_modules(base, config.target_modules)
     _check_rank(base, modules, config.rank)
@@ -195,10 +202,15 @@ def trial_model(
         use_rslora=config.method == "rslora",
         use_dora=config.method == "dora",
         init_lora_weights=True if config.init_lora_weights == "default" else config.init_lora_weights,
+        # EVA keeps the configured rank on every layer (rho 1): the rank stays the knob it is
+        eva_config=EvaConfig(rho=1.0) if config.init_lora_weights == "eva" else None,
         task_type="CAUSAL_LM",
     )
     try:
-        return get_peft_model(_checkpointed(model, config), lora), modules
+        model = get_peft_model(_checkpointed(model, config), lora)
+        if config.init_lora_weights == "eva" and init_batches is not None:
+            _eva(model, init_batches)
+        return model, modules
     except (ValueError, NotImplementedError) as err:
         if config.init_lora_weights == "default":
             raise
@@ -206,6 +218,19 @@ def trial_model(
             f"field 'init_lora_weights' is '{config.init_lora_weights}'; PEFT refuses it with method "
             f"{config.method}: {_first_line(err)}"
         ) from None
+
+
+def _eva(model: torch.nn.Module, batches: Iterable[torch.Tensor]) -> None:
+    """EVA (arXiv 2410.07170): each adapted layer's A from the top singular vectors of its inputs on
+    the given training batches (packed rows: every position counts)."""
+    from peft import initialize_lora_eva_weights
+
+    device = next(model.parameters()).device
+    data = [{"input_ids": b.to(device), "attention_mask": torch.ones_like(b, device=device)} for b in batches]
+    # each shard of a sharded trial sees the same batches: nothing to gather across processes
+    initialize_lora_eva_weights(
+        model, dataloader=data, show_progress_bar=False, gather_distributed_inputs=False
+    )
 
 
 def _check_rank(base: torch.nn.Module, modules: list[str], rank: int) -> None:

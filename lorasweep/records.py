@@ -54,6 +54,7 @@ class TrialResult:
     train_loss: float
     tokens_per_s: float
     train_s: float
+    init_s: float | None  # building the trial's model from the base, a data-driven init included
     eval_s: float
     wall_s: float
     seed: int

@@ -8,6 +8,7 @@ evaluation batches, the base model's own metrics) is prepared once per process (
 from __future__ import annotations
 
 import copy
+import itertools
 import os
 import platform
 import time
@@ -29,6 +30,8 @@ from lorasweep.records import TrialResult
 from lorasweep.sharding import Shard
 from lorasweep.train import WeightAverager, make_scheduler, train_loop
 from lorasweep.world import default_cache_dir
+
+INIT_BATCHES = 8  # of the trial's training stream, read by a data-driven LoRA initialisation (eva)
 
 
 def checkpoint_steps(steps: int, eval_points: int) -> list[int]:
@@ -80,13 +83,28 @@ def train_trial(
     config = config.resolved(prepared.train_docs.n_tokens)
     if estimated is None:  # the config file could not be read before loading: from the loaded model
         estimated = _estimate(config, lambda: copy.deepcopy(prepared.base.config), prepared.base.dtype)
+
+    def training_batches():
+        return pack_epochs(
+            prepared.train_docs,
+            config.batch_size,
+            config.max_length,
+            config.steps * config.grad_accum,
+            config.seed,
+            replay=prepared.replay_docs,
+            replay_ratio=config.replay_ratio,
+        )
+
     torch.manual_seed(config.seed)
     _reset_peak_memory(prepared.device)
+    init_started = time.perf_counter()
+    first = itertools.islice(training_batches(), INIT_BATCHES) if config.init_lora_weights == "eva" else None
     if shard:  # sharded from the CPU copy: no device ever holds the whole model
-        model, modules = trial_model(prepared.base, config, prepared.base_dir)
+        model, modules = trial_model(prepared.base, config, prepared.base_dir, init_batches=first)
         model = shard.wrap(model)
     else:
-        model, modules = trial_model(prepared.base, config, prepared.base_dir, prepared.device)
+        model, modules = trial_model(prepared.base, config, prepared.base_dir, prepared.device, first)
+    init_s = time.perf_counter() - init_started
     trainable, total = parameter_counts(model, prepared.base)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config)
@@ -109,15 +127,7 @@ def train_trial(
         if on_eval is not None:
             on_eval(step, learn_curve[step], forget_curve[step])
 
-    batches = pack_epochs(
-        prepared.train_docs,
-        config.batch_size,
-        config.max_length,
-        steps * config.grad_accum,
-        config.seed,
-        replay=prepared.replay_docs,
-        replay_ratio=config.replay_ratio,
-    )
+    batches = training_batches()
     if shard:
         batches = map(shard.rows, batches)
     stats = train_loop(
@@ -179,6 +189,7 @@ def train_trial(
         train_loss=stats.train_loss,
         tokens_per_s=stats.tokens * shards / stats.train_s if stats.train_s > 0 else 0.0,
         train_s=stats.train_s,
+        init_s=init_s,
         eval_s=eval_s,
         wall_s=time.perf_counter() - started,
         seed=config.seed,

@@ -62,3 +62,26 @@ def test_each_lora_init_starts_the_adapter_its_own_way_with_the_base_function(in
     tokens = torch.randint(0, 64, (2, 16))
     with torch.no_grad():
         assert torch.allclose(default.eval()(tokens).logits, other.eval()(tokens).logits, atol=1e-4)
+
+
+def test_eva_starts_from_the_trials_own_training_batches(prepared, tiny_world):
+    """EVA's A holds the top right-singular vectors of each layer's inputs on the training batches."""
+    import dataclasses
+    import itertools
+
+    from lorasweep.data import pack_epochs
+    from lorasweep.trial import INIT_BATCHES, run_trial
+
+    config = TrialConfig(world=tiny_world, rank=4, alpha=8, init_lora_weights="eva")
+    batches = list(itertools.islice(pack_epochs(prepared.train_docs, 16, 64, 64, 0), INIT_BATCHES))
+    torch.manual_seed(0)
+    eva, _ = trial_model(prepared.base, config, prepared.base_dir, init_batches=batches)
+    torch.manual_seed(0)
+    plain, _ = trial_model(prepared.base, dataclasses.replace(config, init_lora_weights="default"), "unused")
+    a_eva = {n: p for n, p in eva.named_parameters() if "lora_A" in n}
+    a_plain = dict(plain.named_parameters())
+    for name, a in a_eva.items():
+        assert not torch.allclose(a, a_plain[name])
+        assert torch.allclose(a @ a.T, torch.eye(4), atol=1e-4), name  # orthonormal components
+    result = run_trial(dataclasses.replace(config, train_tokens=4096, eval_points=0))
+    assert result.config["init_lora_weights"] == "eva" and result.init_s > 0
