@@ -36,7 +36,8 @@ METHODS = typing.get_args(Method)
 ADAPTER_METHODS = tuple(m for m in METHODS if m != "full")
 TARGET_PRESETS = typing.get_args(TargetPreset)
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
-LORA_INITS = ("default", "gaussian", "orthogonal", "pissa", "olora", "eva")
+LORA_INITS = ("default", "gaussian", "orthogonal", "pissa", "olora", "eva", "corda", "lora_ga")
+DATA_INITS = ("eva", "corda", "lora_ga")  # initialisations read from the trial's training batches
 PISSA_NITER = re.compile(r"pissa_niter_\d+")
 # field metadata: the field shapes what `prepare` loads (base model, data, evaluation sets)
 PREPARE = {"prepare": True}
@@ -123,7 +124,7 @@ class TrialConfig:
     lora_dropout: float = 0.0
     # how LoRA's matrices start (PEFT's init_lora_weights): default (B = 0), gaussian, orthogonal,
     # from the base weights' singular vectors: pissa, pissa_niter_K (fast SVD, K iterations), olora,
-    # or from the trial's training batches: eva
+    # or from the trial's training batches: eva, corda, lora_ga
     init_lora_weights: str = "default"
     quantization: Quantization = "nf4"  # qlora's base weights (bitsandbytes): 4-bit nf4 or 8-bit int8
     learning_rate: float = 1e-3

@@ -186,6 +186,7 @@ def trial_model(
             p.requires_grad_(True)
         return _checkpointed(model, config), []
     from peft import EvaConfig, LoraConfig, get_peft_model
+    from peft.tuners.lora.config import CordaConfig, LoraGAConfig
 
     modules = target_modules(base, config.target_modules)
     _check_rank(base, modules, config.rank)
@@ -194,6 +195,7 @@ def trial_model(
     else:
         model = copy.deepcopy(base).to(device)
     model.train()
+    init = config.init_lora_weights
     lora = LoraConfig(
         r=config.rank,
         lora_alpha=config.alpha,
@@ -201,14 +203,19 @@ def trial_model(
         target_modules=modules,
         use_rslora=config.method == "rslora",
         use_dora=config.method == "dora",
-        init_lora_weights=True if config.init_lora_weights == "default" else config.init_lora_weights,
+        init_lora_weights=True if init == "default" else init,
         # EVA keeps the configured rank on every layer (rho 1): the rank stays the knob it is
-        eva_config=EvaConfig(rho=1.0) if config.init_lora_weights == "eva" else None,
+        eva_config=EvaConfig(rho=1.0) if init == "eva" else None,
+        # CorDA's instruction-previewed mode: the adapter in the directions the training data uses
+        corda_config=CordaConfig(corda_method="ipm") if init == "corda" else None,
+        lora_ga_config=LoraGAConfig() if init == "lora_ga" else None,
         task_type="CAUSAL_LM",
     )
     try:
+        if init in ("corda", "lora_ga"):
+            _preprocess(model, lora, init, init_batches)
         model = get_peft_model(_checkpointed(model, config), lora)
-        if config.init_lora_weights == "eva" and init_batches is not None:
+        if init == "eva" and init_batches is not None:
             _eva(model, init_batches)
         return model, modules
     except (ValueError, NotImplementedError) as err:
@@ -231,6 +238,34 @@ def _eva(model: torch.nn.Module, batches: Iterable[torch.Tensor]) -> None:
     initialize_lora_eva_weights(
         model, dataloader=data, show_progress_bar=False, gather_distributed_inputs=False
     )
+
+
+def _preprocess(model: torch.nn.Module, lora, init: str, batches: Iterable[torch.Tensor] | None) -> None:
+    """CorDA (arXiv 2406.05223) from the covariance of each layer's inputs, LoRA-GA (arXiv
+    2407.05000) from the gradients of the loss, on the given training batches: both read the
+    batches before the adapter exists and change the base weights (as PiSSA does)."""
+    if batches is None:
+        raise ValueError(f"init_lora_weights '{init}' needs the trial's training batches")
+    batches = list(batches)
+    device = next(model.parameters()).device
+
+    def run_model() -> None:  # CorDA's hooks take one row at a time
+        with torch.no_grad():
+            for row in torch.cat(batches):
+                model(input_ids=row[None].to(device))
+
+    def train_step() -> None:
+        for b in batches:
+            model(input_ids=b.to(device), labels=b.to(device)).loss.backward()
+
+    if init == "corda":
+        from peft.tuners.lora.corda import preprocess_corda
+
+        preprocess_corda(model, lora, run_model=run_model)
+    else:
+        from peft.tuners.lora.loraga import preprocess_loraga
+
+        preprocess_loraga(model, lora, train_step=train_step)
 
 
 def _check_rank(base: torch.nn.Module, modules: list[str], rank: int) -> None:

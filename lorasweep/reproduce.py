@@ -186,9 +186,10 @@ def export_trial(
 
 
 def mutates_base(config: TrialConfig) -> bool:
-    """PiSSA and OLoRA start the adapter from the base weights' leading components, and take them
-    out of the base: the trained adapter belongs to that changed base."""
-    return config.init_lora_weights.startswith(("pissa", "olora"))
+    """PiSSA, OLoRA, CorDA and LoRA-GA start the adapter from components of the base weights (or of
+    their inputs or gradients) and take them out of the base: the trained adapter belongs to that
+    changed base."""
+    return config.init_lora_weights.startswith(("pissa", "olora", "corda", "lora_ga"))
 
 
 def save_on_original_base(model, prepared: Prepared, config: TrialConfig, out: Path) -> None:
@@ -199,10 +200,13 @@ def save_on_original_base(model, prepared: Prepared, config: TrialConfig, out: P
     import torch
 
     from lorasweep.modeling import trial_model
+    from lorasweep.trial import init_batches
 
     with tempfile.TemporaryDirectory() as initial_dir:
         torch.manual_seed(config.seed)  # as run_trial starts the trial: the same initial adapter
-        initial, _ = trial_model(prepared.base, config, prepared.base_dir)
+        initial, _ = trial_model(
+            prepared.base, config, prepared.base_dir, init_batches=init_batches(prepared, config)
+        )
         initial.save_pretrained(initial_dir, safe_serialization=True)
         model.save_pretrained(
             out, safe_serialization=True, path_initial_model_for_weight_conversion=initial_dir

@@ -219,10 +219,13 @@ def _serve(message: tuple, end: Connection, on_step, on_eval) -> TrialResult | N
 def _trained_here(prepared, config: TrialConfig, on_trained, path: Path) -> None:
     """`on_trained` in this process, on an unsharded model holding the shards' trained weights."""
     from lorasweep.modeling import trial_model
+    from lorasweep.trial import init_batches
 
     resolved = config.resolved(prepared.train_docs.n_tokens)
     torch.manual_seed(resolved.seed)  # as the shards began: the same initial adapter (PiSSA's residual base)
-    model, _ = trial_model(prepared.base, resolved, prepared.base_dir)
+    model, _ = trial_model(
+        prepared.base, resolved, prepared.base_dir, init_batches=init_batches(prepared, resolved)
+    )
     unexpected = model.load_state_dict(torch.load(path, weights_only=True), strict=False).unexpected_keys
     if unexpected:
         raise ShardFailed(f"the shards' trained weights do not fit the model: {unexpected[:3]}")

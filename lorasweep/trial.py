@@ -12,14 +12,14 @@ import itertools
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lorasweep.config import TrialConfig
+from lorasweep.config import DATA_INITS, TrialConfig
 from lorasweep.data import pack_epochs
 from lorasweep.evaluate import forget, mean_loss
 from lorasweep.memory import MemoryEstimate, check_fits, estimate, model_config
@@ -32,6 +32,26 @@ from lorasweep.train import WeightAverager, make_scheduler, train_loop
 from lorasweep.world import default_cache_dir
 
 INIT_BATCHES = 8  # of the trial's training stream, read by a data-driven LoRA initialisation (eva)
+
+
+def training_batches(prepared: Prepared, config: TrialConfig) -> Iterator[torch.Tensor]:
+    """The trial's stream of packed training rows (a resolved config), the same on every call."""
+    return pack_epochs(
+        prepared.train_docs,
+        config.batch_size,
+        config.max_length,
+        config.steps * config.grad_accum,
+        config.seed,
+        replay=prepared.replay_docs,
+        replay_ratio=config.replay_ratio,
+    )
+
+
+def init_batches(prepared: Prepared, config: TrialConfig) -> list[torch.Tensor] | None:
+    """What a data-driven LoRA initialisation reads: the first INIT_BATCHES of the training stream."""
+    if config.init_lora_weights not in DATA_INITS:
+        return None
+    return list(itertools.islice(training_batches(prepared, config), INIT_BATCHES))
 
 
 def checkpoint_steps(steps: int, eval_points: int) -> list[int]:
@@ -84,21 +104,10 @@ def train_trial(
     if estimated is None:  # the config file could not be read before loading: from the loaded model
         estimated = _estimate(config, lambda: copy.deepcopy(prepared.base.config), prepared.base.dtype)
 
-    def training_batches():
-        return pack_epochs(
-            prepared.train_docs,
-            config.batch_size,
-            config.max_length,
-            config.steps * config.grad_accum,
-            config.seed,
-            replay=prepared.replay_docs,
-            replay_ratio=config.replay_ratio,
-        )
-
     torch.manual_seed(config.seed)
     _reset_peak_memory(prepared.device)
     init_started = time.perf_counter()
-    first = itertools.islice(training_batches(), INIT_BATCHES) if config.init_lora_weights == "eva" else None
+    first = init_batches(prepared, config)
     if shard:  # sharded from the CPU copy: no device ever holds the whole model
         model, modules = trial_model(prepared.base, config, prepared.base_dir, init_batches=first)
         model = shard.wrap(model)
@@ -127,7 +136,7 @@ def train_trial(
         if on_eval is not None:
             on_eval(step, learn_curve[step], forget_curve[step])
 
-    batches = training_batches()
+    batches = training_batches(prepared, config)
     if shard:
         batches = map(shard.rows, batches)
     stats = train_loop(

@@ -46,19 +46,26 @@ def test_unknown_architecture_says_which_are_known():
         target_modules(model, "all-linear")
 
 
-@pytest.mark.parametrize("init", ["gaussian", "orthogonal", "pissa", "pissa_niter_2", "olora"])
+@pytest.mark.parametrize(
+    "init", ["gaussian", "orthogonal", "pissa", "pissa_niter_2", "olora", "eva", "corda", "lora_ga"]
+)
 def test_each_lora_init_starts_the_adapter_its_own_way_with_the_base_function(init):
-    """What init_lora_weights changes: the adapter's (and for PiSSA/OLoRA the base's) starting
-    weights; what it keeps: the model computes the base's function before training."""
+    """What init_lora_weights changes: the adapter's (and for PiSSA, OLoRA, CorDA and LoRA-GA the
+    base's) starting weights; what it keeps: the model computes the base's function before training."""
     base = tiny_model("llama")
     torch.manual_seed(0)
+    batches = [torch.randint(0, 64, (4, 16)) for _ in range(4)]  # what the data-driven ones read
     default, _ = trial_model(base, TrialConfig(rank=4, alpha=8), "unused")
     torch.manual_seed(0)
-    other, _ = trial_model(base, TrialConfig(rank=4, alpha=8, init_lora_weights=init), "unused")
+    other, _ = trial_model(
+        base, TrialConfig(rank=4, alpha=8, init_lora_weights=init), "unused", init_batches=batches
+    )
     pairs = zip(default.named_parameters(), other.named_parameters(), strict=True)
     changed = {a_name for (a_name, a), (_, b) in pairs if not torch.equal(a, b)}
     assert any("lora_A" in name for name in changed)
-    assert any("base_layer" in name for name in changed) == init.startswith(("pissa", "olora"))
+    assert any("base_layer" in name for name in changed) == init.startswith(
+        ("pissa", "olora", "corda", "lora_ga")
+    )
     tokens = torch.randint(0, 64, (2, 16))
     with torch.no_grad():
         assert torch.allclose(default.eval()(tokens).logits, other.eval()(tokens).logits, atol=1e-4)

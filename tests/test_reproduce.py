@@ -133,10 +133,12 @@ def exact_match(model, tokenizer, probes) -> float:
     return correct / len(probes)
 
 
-@pytest.mark.parametrize(("init", "rank"), [("pissa_niter_2", 8), ("olora", 8), ("eva", 4)])
+@pytest.mark.parametrize(
+    ("init", "rank"), [("pissa_niter_2", 8), ("olora", 8), ("corda", 8), ("lora_ga", 8), ("eva", 4)]
+)
 def test_an_adapter_with_its_own_init_exports_as_plain_lora_on_the_original_base(init, rank, tmp_path):
-    """PiSSA and OLoRA take the adapter's start out of the base: the export is converted back into
-    a rank-2r adapter; EVA's (started from training batches) exports as it is."""
+    """PiSSA, OLoRA, CorDA and LoRA-GA take the adapter's start out of the base: the export is
+    converted back into a rank-2r adapter; EVA's (started from training batches) exports as it is."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
