@@ -129,6 +129,10 @@ def describe(config: dict) -> str:
     """A configuration in a few words: method, rank, alpha, targets, learning rate."""
     if config.get("method") == "full":
         return f"full lr={config.get('learning_rate', 0):.1e}"
+    if config.get("method") == "peft":
+        options = {k: v for k, v in (config.get("peft_config") or {}).items() if k != "peft_type"}
+        given = " ".join(f"{k}={v}" for k, v in options.items())
+        return f"{(config.get('peft_config') or {}).get('peft_type')} {given} lr={config.get('learning_rate', 0):.1e}"
     return (
         f"{config.get('method')} r={config.get('rank')} a={config.get('alpha') or 0:g} "
         f"{config.get('target_modules')} lr={config.get('learning_rate', 0):.1e}"

@@ -24,7 +24,7 @@ from lorasweep.validation import ConfigError, check, check_types, load_yaml, typ
 
 # The choices of each field, declared once: validation, error messages and the search-space
 # checks read them from the field's type.
-Method = Literal["full", "lora", "rslora", "dora", "qlora"]
+Method = Literal["full", "lora", "rslora", "dora", "qlora", "peft"]
 TargetPreset = Literal["all-linear", "attention", "qv", "mlp"]
 Quantization = Literal["nf4", "int8"]
 Schedule = Literal["constant", "linear", "cosine", "cosine_with_min_lr", "warmup_stable_decay"]
@@ -34,6 +34,7 @@ Attention = Literal["sdpa", "eager", "flash_attention_2"]
 Optimizer = Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "adafactor"]
 METHODS = typing.get_args(Method)
 ADAPTER_METHODS = tuple(m for m in METHODS if m != "full")
+LORA_METHODS = ("lora", "rslora", "dora", "qlora")  # PEFT's LoRA: rank, alpha and the LoRA knobs apply
 TARGET_PRESETS = typing.get_args(TargetPreset)
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 LORA_INITS = ("default", "gaussian", "orthogonal", "pissa", "olora", "eva", "corda", "lora_ga")
@@ -116,7 +117,11 @@ class TrialConfig:
     probe_template: str = _loaded("Question: {question}\nAnswer:")
     # general documents held out to measure forgetting: a share in (0, 1), or a number of documents
     general_heldout: float = _loaded(0.2)
-    method: Method = "lora"  # full, or an adapter: lora, rslora, dora, qlora (LoRA on a quantised base)
+    method: Method = "lora"  # full, or an adapter: lora, rslora, dora, qlora (LoRA on a quantised base), peft
+    # method peft: any PEFT method, as PEFT's own config (peft_methods.py), e.g. {peft_type: OFT, r: 8};
+    # other methods ignore it, as full FT ignores rank
+
+    peft_config: dict[str, Any] | None = None
     rank: int = 16
     alpha: float | None = None  # LoRA alpha; if unset, alpha_ratio x rank
     alpha_ratio: float | None = None  # alpha as a multiple of rank (default 2)
@@ -208,8 +213,8 @@ class TrialConfig:
         check(
             self,
             "init_lora_weights",
-            self.init_lora_weights == "default" or self.method != "full",
-            "default with method full (it says how a LoRA adapter starts)",
+            self.init_lora_weights == "default" or self.method in LORA_METHODS,
+            f"default with method {self.method} (it says how a LoRA adapter starts)",
         )
         check(
             self,
@@ -221,7 +226,7 @@ class TrialConfig:
         check(
             self,
             "loraplus_lr_ratio",
-            self.loraplus_lr_ratio is None or (self.loraplus_lr_ratio > 0 and self.method != "full"),
+            self.loraplus_lr_ratio is None or (self.loraplus_lr_ratio > 0 and self.method in LORA_METHODS),
             "unset, or a number > 0 with a LoRA method (it sets the LR of LoRA's B matrices)",
         )
         check(self, "learning_rate", 0 < self.learning_rate < 1, "a number in (0, 1)")
@@ -261,6 +266,16 @@ class TrialConfig:
         check(self, "seed", self.seed >= 0, "an integer >= 0")
         check(self, "threads", 0 <= self.threads < 2**31, "an integer in 0..2**31-1")
         self._validate_sharding()
+        check(
+            self,
+            "peft_config",
+            self.peft_config is not None or self.method != "peft",
+            "a mapping with peft_type with method peft (PEFT's config of the method)",
+        )
+        if self.method == "peft":
+            from lorasweep.peft_methods import check as check_peft
+
+            check_peft(self.peft_config)
 
     def _validate_sharding(self) -> None:
         """What FSDP2 sharding (sharding.py) can run: each error names what to change instead."""
@@ -281,7 +296,10 @@ class TrialConfig:
             f"adamw {shards} (bitsandbytes' and Adafactor's steps take whole tensors, not FSDP2's shards)",
         )
         check(
-            self, "method", self.method != "qlora", f"full, lora, rslora or dora {shards} (no 4-bit shards)"
+            self,
+            "method",
+            self.method not in ("qlora", "peft"),
+            f"full, lora, rslora or dora {shards} (no 4-bit shards; other PEFT methods untried)",
         )
         check(self, "dtype", self.dtype != "fp16", f"auto, fp32 or bf16 {shards}")
         check(self, "compile", not self.compile, f"false {shards}")
@@ -316,7 +334,7 @@ class TrialConfig:
         with replay, that pass is the domain share of the stream.
         """
         config = self
-        if config.method in ADAPTER_METHODS and config.alpha is None:
+        if config.method in LORA_METHODS and config.alpha is None:
             ratio = 2.0 if config.alpha_ratio is None else config.alpha_ratio
             config = dataclasses.replace(config, alpha=ratio * config.rank, alpha_ratio=None)
         if config.max_steps is not None:

@@ -94,7 +94,10 @@ def estimate(config: TrialConfig, base_config: Any, dtype: torch.dtype) -> Memor
     e = torch.tensor([], dtype=dtype).element_size()
     shards = config.fsdp_shards
     params = dict(meta.named_parameters())
-    if config.method == "full":
+    if config.method == "peft":  # any PEFT method: its trainable tensors, as PEFT lays them out
+        adapted = {}
+        trainable, weights = _peft_layout(meta, config, e)
+    elif config.method == "full":
         adapted: dict[str, tuple[int, int]] = {}
         trainable = [(p.shape, e) for p in params.values()]
         weights = sum(p.numel() for p in params.values()) * e
@@ -170,6 +173,18 @@ def _quantised(meta: torch.nn.Module) -> set[str]:
         for name, module in meta.named_modules()
         if isinstance(module, torch.nn.Linear) and module is not head
     }
+
+
+def _peft_layout(meta: torch.nn.Module, config: TrialConfig, e: int) -> tuple[list, int]:
+    """(trainable shapes and element sizes, weights' bytes) of `method: peft` on the meta model."""
+    from peft import get_peft_model
+
+    from lorasweep.modeling import target_modules
+    from lorasweep.peft_methods import build
+
+    model = get_peft_model(meta, build(config.peft_config, target_modules(meta, config.target_modules)))
+    trainable = [(p.shape, p.element_size()) for p in model.parameters() if p.requires_grad]
+    return trainable, sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def _adapted_linears(meta: torch.nn.Module, config: TrialConfig) -> dict[str, tuple[int, int]]:

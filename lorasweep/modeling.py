@@ -189,6 +189,8 @@ def trial_model(
     from peft.tuners.lora.config import CordaConfig, LoraGAConfig
 
     modules = target_modules(base, config.target_modules)
+    if config.method == "peft":
+        return _other_peft_method(base, config, modules, device)
     _check_rank(base, modules, config.rank)
     if config.method == "qlora":
         model = load_quantized(base_dir, config, base.dtype, device)
@@ -225,6 +227,26 @@ def trial_model(
             f"field 'init_lora_weights' is '{config.init_lora_weights}'; PEFT refuses it with method "
             f"{config.method}: {_first_line(err)}"
         ) from None
+
+
+def _other_peft_method(
+    base: torch.nn.Module, config: TrialConfig, presets: list[str], device: torch.device
+) -> tuple[torch.nn.Module, list[str]]:
+    """`method: peft`: PEFT's method of `peft_config` (peft_methods.py) on a copy of the base."""
+    from peft import get_peft_model
+
+    from lorasweep.peft_methods import build
+
+    peft_config = build(config.peft_config, presets)
+    model = copy.deepcopy(base).to(device).train()
+    try:
+        model = get_peft_model(_checkpointed(model, config), peft_config)
+    except (ValueError, NotImplementedError, TypeError) as err:
+        raise ConfigError(
+            f"field 'peft_config': PEFT cannot put {config.peft_config['peft_type']} on this model: "
+            f"{_first_line(err)}"
+        ) from None
+    return model, sorted(getattr(peft_config, "target_modules", None) or [])
 
 
 def _eva(model: torch.nn.Module, batches: Iterable[torch.Tensor]) -> None:
@@ -343,5 +365,5 @@ def parameter_counts(model: torch.nn.Module, base: torch.nn.Module) -> tuple[int
     """
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     base_total = sum(p.numel() for p in base.parameters())
-    adapter = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    adapter = trainable if hasattr(model, "peft_config") else 0  # an adapter's are all its own
     return trainable, base_total + adapter

@@ -213,6 +213,14 @@ def save_on_original_base(model, prepared: Prepared, config: TrialConfig, out: P
         )
 
 
+def _adapter_line(config: dict, result: TrialResult) -> str:
+    if config["method"] == "full":
+        return ""
+    if config["method"] == "peft":
+        return f"PEFT config {config['peft_config']}, targets {result.target_modules_resolved}, "
+    return f"rank {config['rank']}, alpha {config['alpha']:g}, targets {result.target_modules_resolved}, "
+
+
 def model_card(frozen: optuna.trial.FrozenTrial, result: TrialResult, merge: bool) -> str:
     config = result.config  # resolved by this run (alpha set), whichever version recorded the trial
     adapter = config["method"] != "full" and not merge
@@ -244,11 +252,7 @@ def model_card(frozen: optuna.trial.FrozenTrial, result: TrialResult, merge: boo
         f"- base model: `{result.base_model}` (weights sha256 {result.base_fingerprint})",
         f"- data fingerprint: {result.data_fingerprint}",
         f"- method {config['method']}, learning rate {config['learning_rate']:g}, "
-        + (
-            f"rank {config['rank']}, alpha {config['alpha']:g}, targets {result.target_modules_resolved}, "
-            if config["method"] != "full"
-            else ""
-        )
+        + _adapter_line(config, result)
         + f"{result.train_steps} steps, seed {config['seed']}, {result.dtype} on {result.device}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in result.versions.items()),
         "",

@@ -42,6 +42,7 @@ SPACE_KEYS = (
     "sampler",
     "compare",
 )
+PEFT_KEY = "peft_config."  # a searched key of a PEFT method's own config (peft_methods.py)
 PARAM_KEYS = ("type", "field", "low", "high", "log", "step", "choices", "when")
 
 
@@ -108,10 +109,15 @@ class SearchSpace:
         return self
 
     def trial_config(self, values: dict[str, Any]) -> TrialConfig:
-        """The config of a trial whose Optuna params are `values`."""
-        fields = {}
+        """The config of a trial whose Optuna params are `values` (`peft_config.KEY`: that key)."""
+        fields: dict[str, Any] = {}
         for param in self.params:
-            if param.name in values:
+            if param.name not in values:
+                continue
+            if param.field.startswith(PEFT_KEY):
+                peft = fields.setdefault("peft_config", dict(self.config.get("peft_config") or {}))
+                peft[param.field[len(PEFT_KEY) :]] = values[param.name]
+            else:
                 fields[param.field] = values[param.name]
         return TrialConfig.from_dict({**self.config, **fields}, str(self.path))
 
@@ -170,6 +176,11 @@ def _parse_params(raw: Any, config: dict[str, Any], src: str) -> list[Param]:
             if key not in PARAM_KEYS:
                 raise ConfigError(f"{where}: {unknown('key', key, PARAM_KEYS)}")
         target = spec.get("field", name)
+        if isinstance(target, str) and target.startswith(PEFT_KEY):
+            param = _parse_peft_param(name, target, spec, config, params, where)
+            param.when = _parse_when(spec.get("when"), params, where)
+            params.append(param)
+            continue
         if not isinstance(target, str) or target not in hints or target == "world":
             searchable = [h for h in hints if h != "world"]
             raise ConfigError(
@@ -187,6 +198,35 @@ def _parse_params(raw: Any, config: dict[str, Any], src: str) -> list[Param]:
         params.append(param)
     _check_exclusive(params, src)
     return params
+
+
+def _parse_peft_param(
+    name: str, target: str, spec: dict, config: dict[str, Any], earlier: list[Param], where: str
+) -> Param:
+    """A searched key of `peft_config` (peft_methods.py): `peft_config.r`, `peft_config.peft_type`.
+
+    Its values are checked by PEFT's config class here when the space fixes one PEFT method
+    (`peft_config` with its peft_type under 'config', peft_type not searched); where it searches
+    the method, by each trial's config as it is made (a bad combination fails that trial).
+    """
+    if "choices" in spec:
+        param = Param(name, target, "categorical", choices=list(spec["choices"] or []))
+        if not param.choices or "low" in spec or "high" in spec:
+            raise ConfigError(f"{where}: give a non-empty 'choices' list, or 'low' and 'high'")
+    else:
+        number = float if spec.get("type") == "float" else int
+        param = _parse_distribution(name, target, number, spec, where)
+    fixed = config.get("peft_config")
+    searched_type = any(p.field == f"{PEFT_KEY}peft_type" for p in earlier)
+    if (
+        isinstance(fixed, dict)
+        and "peft_type" in fixed
+        and config.get("method") == "peft"
+        and not searched_type
+    ):
+        for value in param.choices or [param.low, param.high]:
+            TrialConfig.from_dict({**config, "peft_config": {**fixed, target[len(PEFT_KEY) :]: value}}, where)
+    return param
 
 
 def _parse_distribution(name: str, target: str, kind: type, spec: dict, where: str) -> Param:

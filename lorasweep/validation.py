@@ -70,6 +70,7 @@ def coerce(value: Any, kind: type, source: str, name: str) -> Any:
         float: isinstance(value, (int, float)) and not isinstance(value, bool),
         str: isinstance(value, str),
         bool: isinstance(value, bool),
+        dict: isinstance(value, dict),
     }[kind]
     if not ok:
         raise ConfigError(f"{where} is {value!r}; expected {_type_name(kind)}")
@@ -91,7 +92,8 @@ def field_kind(hint: Any) -> type:
     if typing.get_origin(hint) is Literal:
         return str
     args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if args else hint
+    kind = args[0] if args else hint
+    return typing.get_origin(kind) or kind  # dict[str, Any]: dict
 
 
 def choices_of(hint: Any) -> tuple[str, ...] | None:
@@ -155,7 +157,8 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 def _type_name(kind: type) -> str:
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[kind]
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a mapping"}
+    return names[kind]
 
 
 def check(obj: Any, name: str, ok: bool, allowed: str) -> None:

@@ -1,0 +1,72 @@
+"""Any PEFT method as a trial: `method: peft` with `peft_config: {peft_type: OFT, r: 8, ...}`.
+
+The mapping is PEFT's own config (what `peft.get_peft_config` takes), built by PEFT's config class
+for `peft_type`, so every method PEFT ships (OFT, BOFT, VeRA, MiSS, SHiRA, LoHa, LoKr, IA3, ...)
+runs with its own options. Its keys are searchable like fields, by the name `peft_config.KEY`:
+
+    config:
+      method: peft
+      peft_config: {peft_type: OFT, module_dropout: 0.0}
+    params:
+      peft_config.r: {type: int, low: 4, high: 32, log: true}
+
+Where the method takes `target_modules` and the mapping does not give them, the trial's
+`target_modules` preset applies (mapped per architecture, as for LoRA). Prompt-learning methods
+(prompt, prefix and p-tuning) are refused: they prepend virtual tokens, which lorasweep's packed
+training rows and evaluation do not take.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from lorasweep.validation import ConfigError, did_you_mean
+
+SET_BY_LORASWEEP = ("peft_type", "task_type")  # task_type is always CAUSAL_LM
+
+
+def check(peft_config: Any) -> None:
+    """A one-line ConfigError unless `peft_config` is a config PEFT builds for a causal LM."""
+    if not isinstance(peft_config, dict) or not isinstance(peft_config.get("peft_type"), str):
+        raise ConfigError(
+            "field 'peft_config' needs a mapping with peft_type (one of PEFT's methods, e.g. OFT, VERA, MISS)"
+        )
+    build(peft_config, target_modules=None)
+
+
+def build(peft_config: dict[str, Any], target_modules: list[str] | None) -> Any:
+    """PEFT's config object for `peft_config`; `target_modules` (a preset's names) where the method
+    takes them and the mapping gives none."""
+    cls = config_class(peft_config["peft_type"])
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in peft_config:
+        if key not in names or key == "task_type":
+            allowed = sorted(names - {"task_type", "peft_type", "revision", "base_model_name_or_path"})
+            raise ConfigError(
+                f"field 'peft_config.{key}' is not an option of PEFT's {cls.__name__}"
+                f"{did_you_mean(key, allowed)} (allowed: {', '.join(allowed)})"
+            )
+    options = {k: v for k, v in peft_config.items() if k != "peft_type"}
+    if "target_modules" in names and "target_modules" not in options and target_modules is not None:
+        options["target_modules"] = target_modules
+    try:
+        return cls(task_type="CAUSAL_LM", **options)
+    except (ValueError, TypeError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ConfigError(f"field 'peft_config': PEFT's {cls.__name__} refuses it: {first}") from None
+
+
+def config_class(peft_type: str) -> type:
+    from peft.config import PromptLearningConfig
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    types = {str(t.value): cls for t, cls in PEFT_TYPE_TO_CONFIG_MAPPING.items()}
+    tuners = sorted(name for name, cls in types.items() if not issubclass(cls, PromptLearningConfig))
+    name = peft_type.upper()
+    if name not in tuners or name == "LORA":
+        raise ConfigError(
+            f"field 'peft_config.peft_type' is {peft_type!r}{did_you_mean(name, tuners)}; allowed: "
+            f"{', '.join(t for t in tuners if t != 'LORA')} (LoRA itself: method lora, rslora, dora or qlora)"
+        )
+    return types[name]

@@ -1,0 +1,125 @@
+"""`method: peft`: any PEFT method through PEFT's own config, searched, recorded, exported."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+import yaml
+from conftest import TINY_SPACE, invoke, optimize
+
+from lorasweep.config import TrialConfig
+from lorasweep.search_space import load_space
+from lorasweep.validation import ConfigError
+
+SPACE = {
+    **TINY_SPACE,
+    # the fixed peft_config makes the fixed part a valid config; the searched keys replace its own
+    "config": {
+        **TINY_SPACE["config"],
+        "method": "peft",
+        "peft_config": {"peft_type": "VERA"},
+        "learning_rate": 1e-2,
+    },
+    "params": {
+        "peft_type": {"field": "peft_config.peft_type", "choices": ["OFT", "VERA"]},
+        "oft_block_size": {
+            "field": "peft_config.oft_block_size",
+            "choices": [0],
+            "when": {"peft_type": "OFT"},
+        },
+        "oft_r": {"field": "peft_config.r", "type": "int", "low": 2, "high": 8, "when": {"peft_type": "OFT"}},
+        "vera_r": {"field": "peft_config.r", "choices": [16, 32], "when": {"peft_type": "VERA"}},
+    },
+    "baselines": [
+        {"peft_config.peft_type": "OFT", "peft_config.oft_block_size": 0, "peft_config.r": 4},
+        {"peft_config.peft_type": "VERA", "peft_config.r": 16},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, cache_dir):
+    path = tmp_path_factory.mktemp("peft")
+    (path / "space.yaml").write_text(yaml.safe_dump(SPACE, sort_keys=False))
+    return path, optimize(path, "space.yaml", "--n-trials", "2")
+
+
+def test_a_study_searches_peft_methods_and_their_options(study):
+    _, url = study
+    trials = optuna.load_study(study_name="default", storage=url).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    oft, vera = (t.user_attrs for t in trials)
+    assert oft["config"]["peft_config"] == {"peft_type": "OFT", "oft_block_size": 0, "r": 4}
+    assert vera["config"]["peft_config"] == {"peft_type": "VERA", "r": 16}
+    assert oft["trainable_params"] != vera["trainable_params"]
+    for attrs in (oft, vera):
+        assert attrs["target_modules_resolved"] == sorted(
+            ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        )  # the all-linear preset, mapped as for LoRA
+        assert attrs["optimizer_state_bytes"] == attrs["memory_estimate"]["optimizer"]
+
+
+def test_an_exported_peft_method_loads_with_plain_peft_and_scores_the_recorded_learn(study, tmp_path):
+    from peft import PeftModel
+    from test_reproduce import exact_match
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lorasweep.config import WorldConfig
+    from lorasweep.world import build_world
+
+    path, url = study
+    out = tmp_path / "oft"
+    result = invoke("export", "--trial", "0", "--out", str(out), "--storage", url, cwd=path)
+    assert result.returncode == 0, result.stderr
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert adapter["peft_type"] == "OFT"
+    recorded = optuna.load_study(study_name="default", storage=url).trials[0].user_attrs
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(adapter["base_model_name_or_path"]), out
+    )
+    world = build_world(WorldConfig(**recorded["config"]["world"]))
+    assert (
+        exact_match(model.eval(), AutoTokenizer.from_pretrained(out), world.domain_probes)
+        == recorded["learn"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("peft_config", "message"),
+    [
+        (None, "field 'peft_config' is None; allowed: a mapping with peft_type with method peft"),
+        (
+            {"peft_type": "PROMPT_TUNING"},
+            "field 'peft_config.peft_type' is 'PROMPT_TUNING'; allowed: ADALORA",
+        ),
+        ({"peft_type": "LORA"}, "(LoRA itself: method lora, rslora, dora or qlora)"),
+        ({"peft_type": "VERA", "rank": 4}, "field 'peft_config.rank' is not an option of PEFT's VeraConfig"),
+        (
+            {"peft_type": "OFT", "r": 4},
+            "field 'peft_config': PEFT's OFTConfig refuses it: You can only specify",
+        ),
+    ],
+)
+def test_bad_peft_configs_are_one_line_errors(peft_config, message):
+    with pytest.raises(ConfigError) as info:
+        TrialConfig.from_dict({"method": "peft", "peft_config": peft_config}, "trial.yaml")
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_searched_peft_key_is_checked_by_peft_when_the_method_is_fixed(tmp_path):
+    space = {
+        **TINY_SPACE,
+        "config": {**TINY_SPACE["config"], "method": "peft", "peft_config": {"peft_type": "VERA"}},
+        "params": {"peft_config.d_initial": {"type": "float", "low": 0.01, "high": 0.5}},
+        "baselines": [],
+    }
+    (tmp_path / "ok.yaml").write_text(yaml.safe_dump(space))
+    assert load_space(tmp_path / "ok.yaml").params[0].field == "peft_config.d_initial"
+    space["params"] = {"peft_config.vera_rank": {"choices": [4, 8]}}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(space))
+    with pytest.raises(
+        ConfigError, match="field 'peft_config.vera_rank' is not an option of PEFT's VeraConfig"
+    ):
+        load_space(tmp_path / "bad.yaml")
