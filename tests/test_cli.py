@@ -213,7 +213,7 @@ def test_run_with_a_bad_config_is_one_line(tmp_path):
     result = invoke("run", "--config", str(path), cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        f"error: {path}: field 'method' is 'adapter'; allowed: full, lora, rslora, dora, qlora"
+        f"error: {path}: field 'method' is 'adapter'; allowed: full, lora, rslora, dora, qlora, peft"
     )
 
 
