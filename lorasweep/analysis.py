@@ -66,7 +66,7 @@ def rows_of(study: optuna.Study) -> list[Row]:
         if is_replicate(t):
             continue
         a, c = t.user_attrs, t.user_attrs["config"]
-        adapter = c["method"] != "full"
+        adapter = c["method"] not in ("full", "peft")  # the rank and targets of a LoRA method
         seeds = [t, *(r for seed, r in replicas[t.number].items() if seed != c.get("seed"))]
         learns, forgets = tuple(s.values[0] for s in seeds), tuple(forget_of(s) for s in seeds)
         rows.append(
@@ -133,9 +133,14 @@ def describe(config: dict) -> str:
         options = {k: v for k, v in (config.get("peft_config") or {}).items() if k != "peft_type"}
         given = " ".join(f"{k}={v}" for k, v in options.items())
         return f"{(config.get('peft_config') or {}).get('peft_type')} {given} lr={config.get('learning_rate', 0):.1e}"
+    extras = "".join(
+        f" {name}={config[key]}"
+        for key, name in (("init_lora_weights", "init"), ("loraplus_lr_ratio", "lora+"))
+        if config.get(key) not in (None, "default")
+    )
     return (
         f"{config.get('method')} r={config.get('rank')} a={config.get('alpha') or 0:g} "
-        f"{config.get('target_modules')} lr={config.get('learning_rate', 0):.1e}"
+        f"{config.get('target_modules')}{extras} lr={config.get('learning_rate', 0):.1e}"
     )
 
 

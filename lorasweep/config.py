@@ -218,9 +218,15 @@ class TrialConfig:
         )
         check(
             self,
+            "rank",
+            self.init_lora_weights != "orthogonal" or self.rank % 2 == 0,
+            "an even number with init_lora_weights orthogonal",
+        )
+        check(
+            self,
             "init_lora_weights",
             self.init_lora_weights in ("default", "gaussian") or self.method != "qlora",
-            "default or gaussian with method qlora (the others read or change the base weights, "
+            "default or gaussian with method qlora (PEFT computes the others from the base weights, "
             "which bitsandbytes holds quantised)",
         )
         check(

@@ -214,12 +214,13 @@ def trial_model(
         task_type="CAUSAL_LM",
     )
     try:
+        model = _checkpointed(model, config)
         if init in ("corda", "lora_ga"):
             _preprocess(model, lora, init, init_batches)
-        model = get_peft_model(_checkpointed(model, config), lora)
+        model = get_peft_model(model, lora)
         if init == "eva" and init_batches is not None:
             _eva(model, init_batches)
-        return model, modules
+        return model.train(), modules  # CorDA's preprocessing leaves the base in eval mode
     except (ValueError, NotImplementedError) as err:
         if config.init_lora_weights == "default":
             raise
@@ -239,14 +240,17 @@ def _other_peft_method(
 
     peft_config = build(config.peft_config, presets)
     model = copy.deepcopy(base).to(device).train()
+    kind = config.peft_config["peft_type"]
     try:
         model = get_peft_model(_checkpointed(model, config), peft_config)
-    except (ValueError, NotImplementedError, TypeError) as err:
+    except (ValueError, NotImplementedError, TypeError, KeyError, AttributeError) as err:
         raise ConfigError(
-            f"field 'peft_config': PEFT cannot put {config.peft_config['peft_type']} on this model: "
-            f"{_first_line(err)}"
+            f"field 'peft_config': PEFT cannot put {kind} on this model: {_first_line(err)}"
         ) from None
-    return model, sorted(getattr(peft_config, "target_modules", None) or [])
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError(f"field 'peft_config': {kind} with these options leaves nothing to train")
+    targets = model.peft_config["default"].target_modules
+    return model.train(), sorted(targets) if isinstance(targets, (set, list)) else [str(targets)]
 
 
 def _eva(model: torch.nn.Module, batches: Iterable[torch.Tensor]) -> None:

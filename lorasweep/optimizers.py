@@ -12,7 +12,8 @@
 Every optimizer takes the trial's peak learning rate and weight decay with the same betas and eps
 as torch's AdamW, so the field changes only the optimizer. LoRA+ (`loraplus_lr_ratio`, arXiv
 2402.12354) composes with each: PEFT's `create_loraplus_optimizer` builds the chosen one with the
-B matrices (and biases) at `loraplus_lr_ratio` times the LR; the schedule scales every group alike.
+B matrices and every 1-D trainable tensor (biases, DoRA's magnitudes) at `loraplus_lr_ratio` times
+the LR; the schedule scales every group alike.
 """
 
 from __future__ import annotations

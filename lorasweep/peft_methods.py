@@ -11,9 +11,8 @@ runs with its own options. Its keys are searchable like fields, by the name `pef
       peft_config.r: {type: int, low: 4, high: 32, log: true}
 
 Where the method takes `target_modules` and the mapping does not give them, the trial's
-`target_modules` preset applies (mapped per architecture, as for LoRA). Prompt-learning methods
-(prompt, prefix and p-tuning) are refused: they prepend virtual tokens, which lorasweep's packed
-training rows and evaluation do not take.
+`target_modules` preset applies (mapped per architecture, as for LoRA). The methods are those of
+METHODS below, by PEFT's upper-case name; the others are refused with the reason.
 """
 
 from __future__ import annotations
@@ -23,7 +22,12 @@ from typing import Any
 
 from lorasweep.validation import ConfigError, did_you_mean
 
-SET_BY_LORASWEEP = ("peft_type", "task_type")  # task_type is always CAUSAL_LM
+# The methods tried here (each trains and exports on the embedded world and user models): tuners
+# of linear layers. Others need what lorasweep's loop does not do (AdaLoRA's rank allocation each
+# step, X-LoRA's existing adapters), target no linear layer (LN tuning, trainable tokens), or
+# prepend virtual tokens (prompt learning, adaption prompt).
+METHODS = ("BOFT", "C3A", "FOURIERFT", "HRA", "IA3", "LOHA", "LOKR", "MISS", "OFT", "SHIRA", "VERA")
+SET_BY_LORASWEEP = ("task_type", "inference_mode", "base_model_name_or_path", "revision")
 
 
 def check(peft_config: Any) -> None:
@@ -41,8 +45,8 @@ def build(peft_config: dict[str, Any], target_modules: list[str] | None) -> Any:
     cls = config_class(peft_config["peft_type"])
     names = {f.name for f in dataclasses.fields(cls)}
     for key in peft_config:
-        if key not in names or key == "task_type":
-            allowed = sorted(names - {"task_type", "peft_type", "revision", "base_model_name_or_path"})
+        if key not in names or key in SET_BY_LORASWEEP:
+            allowed = sorted(names - {"peft_type", *SET_BY_LORASWEEP})
             raise ConfigError(
                 f"field 'peft_config.{key}' is not an option of PEFT's {cls.__name__}"
                 f"{did_you_mean(key, allowed)} (allowed: {', '.join(allowed)})"
@@ -52,21 +56,19 @@ def build(peft_config: dict[str, Any], target_modules: list[str] | None) -> Any:
         options["target_modules"] = target_modules
     try:
         return cls(task_type="CAUSAL_LM", **options)
-    except (ValueError, TypeError) as err:
+    except Exception as err:  # noqa: BLE001 - whatever PEFT's class says of the options is the user's to fix
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ConfigError(f"field 'peft_config': PEFT's {cls.__name__} refuses it: {first}") from None
 
 
 def config_class(peft_type: str) -> type:
-    from peft.config import PromptLearningConfig
     from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 
     types = {str(t.value): cls for t, cls in PEFT_TYPE_TO_CONFIG_MAPPING.items()}
-    tuners = sorted(name for name, cls in types.items() if not issubclass(cls, PromptLearningConfig))
-    name = peft_type.upper()
-    if name not in tuners or name == "LORA":
+    if peft_type not in METHODS or peft_type not in types:
         raise ConfigError(
-            f"field 'peft_config.peft_type' is {peft_type!r}{did_you_mean(name, tuners)}; allowed: "
-            f"{', '.join(t for t in tuners if t != 'LORA')} (LoRA itself: method lora, rslora, dora or qlora)"
+            f"field 'peft_config.peft_type' is {peft_type!r}{did_you_mean(peft_type.upper(), METHODS)}; "
+            f"allowed: {', '.join(m for m in METHODS if m in types)} (LoRA itself: method lora, rslora, "
+            "dora or qlora)"
         )
-    return types[name]
+    return types[peft_type]

@@ -162,9 +162,9 @@ def export_trial(
         )
     if not merge and config.method == "dora" and mutates_base(config):
         raise ConfigError(
-            f"--merge: a dora trial started with init_lora_weights '{config.init_lora_weights}' cannot be "
+            f"a dora trial started with init_lora_weights '{config.init_lora_weights}' cannot be "
             "converted into an adapter on the original base (DoRA's magnitudes belong to the changed "
-            "base); export it merged"
+            "base); export it with --merge"
         )
     out.mkdir(parents=True, exist_ok=True)
 
@@ -203,10 +203,11 @@ def save_on_original_base(model, prepared: Prepared, config: TrialConfig, out: P
     from lorasweep.trial import init_batches
 
     with tempfile.TemporaryDirectory() as initial_dir:
-        torch.manual_seed(config.seed)  # as run_trial starts the trial: the same initial adapter
-        initial, _ = trial_model(
-            prepared.base, config, prepared.base_dir, init_batches=init_batches(prepared, config)
-        )
+        # as run_trial starts the trial: the same seed, batches and device (a randomised SVD draws
+        # from the device's generator), so the same initial adapter
+        torch.manual_seed(config.seed)
+        batches = init_batches(prepared, config)
+        initial, _ = trial_model(prepared.base, config, prepared.base_dir, prepared.device, batches)
         initial.save_pretrained(initial_dir, safe_serialization=True)
         model.save_pretrained(
             out, safe_serialization=True, path_initial_model_for_weight_conversion=initial_dir

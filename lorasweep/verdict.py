@@ -23,7 +23,14 @@ from lorasweep.analysis import Row, compare_of, describe, leader, matched, rows_
 from lorasweep.replicates import REPLICATE_OF, diverged
 from lorasweep.uncertainty import LEVEL, Estimate, estimate, welch_p
 
-METHOD_NAMES = {"full": "full FT", "lora": "LoRA", "rslora": "rsLoRA", "dora": "DoRA", "qlora": "QLoRA"}
+METHOD_NAMES = {
+    "full": "full FT",
+    "lora": "LoRA",
+    "rslora": "rsLoRA",
+    "dora": "DoRA",
+    "qlora": "QLoRA",
+    "peft": "other PEFT methods",
+}
 NOTE_START, NOTE_END = "<!-- lorasweep verdict -->", "<!-- end of lorasweep verdict -->"
 
 

@@ -55,6 +55,7 @@ def test_steps_follow_token_budget():
             "field 'optimizer' is 'sgd'; allowed: adamw, adamw_8bit, paged_adamw_8bit, adafactor",
         ),
         ({"fsdp_shards": 0}, "field 'fsdp_shards' is 0; allowed: an integer >= 1"),
+        ({"init_lora_weights": "orthogonal", "rank": 5}, "field 'rank' is 5; allowed: an even number with"),
         (
             {"init_lora_weights": "svd"},
             "field 'init_lora_weights' is 'svd'; allowed: default, gaussian, orthogonal",

@@ -60,6 +60,7 @@ def test_each_lora_init_starts_the_adapter_its_own_way_with_the_base_function(in
     other, _ = trial_model(
         base, TrialConfig(rank=4, alpha=8, init_lora_weights=init), "unused", init_batches=batches
     )
+    assert all(m.training for m in other.modules())  # CorDA's preprocessing switches the base to eval
     pairs = zip(default.named_parameters(), other.named_parameters(), strict=True)
     changed = {a_name for (a_name, a), (_, b) in pairs if not torch.equal(a, b)}
     assert any("lora_A" in name for name in changed)

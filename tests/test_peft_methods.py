@@ -92,7 +92,16 @@ def test_an_exported_peft_method_loads_with_plain_peft_and_scores_the_recorded_l
         (None, "field 'peft_config' is None; allowed: a mapping with peft_type with method peft"),
         (
             {"peft_type": "PROMPT_TUNING"},
-            "field 'peft_config.peft_type' is 'PROMPT_TUNING'; allowed: ADALORA",
+            "field 'peft_config.peft_type' is 'PROMPT_TUNING'; allowed: BOFT, C3A",
+        ),
+        (
+            {"peft_type": "ADALORA"},
+            "allowed: BOFT, C3A, FOURIERFT, HRA, IA3, LOHA, LOKR, MISS, OFT, SHIRA, VERA",
+        ),
+        ({"peft_type": "oft"}, "field 'peft_config.peft_type' is 'oft'; did you mean 'OFT'?"),
+        (
+            {"peft_type": "VERA", "inference_mode": True},
+            "field 'peft_config.inference_mode' is not an option",
         ),
         ({"peft_type": "LORA"}, "(LoRA itself: method lora, rslora, dora or qlora)"),
         ({"peft_type": "VERA", "rank": 4}, "field 'peft_config.rank' is not an option of PEFT's VeraConfig"),
