@@ -14,6 +14,7 @@ import optuna
 
 from lorasweep.records import Gap, forget_of, has_record, objective_attr, study_gaps, trial_gaps
 from lorasweep.replicates import REPLICATE_OF, REPLICATE_SEED, is_replicate
+from lorasweep.search_options import MEMORY_OBJECTIVES
 from lorasweep.study import best_trials
 
 COST_ATTRS = ("trainable_params", "peak_mem_bytes", "tokens_per_s")
@@ -40,6 +41,7 @@ class Row:
     forget_seeds: tuple[float, ...] = ()
     lawa_learn_seeds: tuple[float, ...] = ()  # each seed's LAWA learn, where it recorded one
     config: dict[str, Any] = field(default_factory=dict)  # the searching trial's resolved config
+    peak_memory_gb: float | None = None  # what a memory objective or budget reads (trial._peak_memory_gb)
 
     @property
     def seeds(self) -> int:
@@ -87,9 +89,24 @@ def rows_of(study: optuna.Study) -> list[Row]:
                     s.user_attrs["lawa_learn"] for s in seeds if "lawa_learn" in s.user_attrs
                 ),
                 config=c,
+                peak_memory_gb=a.get("peak_memory_gb"),
             )
         )
     return rows
+
+
+def memory_metric(study: optuna.Study) -> str | None:
+    """The Row field a study's memory objective or budget reads: its third objective's, else
+    peak memory where it has a budget; None where it asks neither."""
+    asked = study.user_attrs.get("memory_objective")
+    if asked in MEMORY_OBJECTIVES:
+        return MEMORY_OBJECTIVES[asked]
+    return "peak_memory_gb" if study.user_attrs.get("memory_budget_gb") is not None else None
+
+
+def over_budget(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether the trial's peak memory (or, untrained, its estimate) exceeded the study's budget."""
+    return trial.constraints.get("memory", 0.0) > 0
 
 
 def matched(rows: list[Row], tolerance: float | None) -> tuple[dict[Any, list[Row]], float | None]:
@@ -150,7 +167,8 @@ def _configured(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def _compared(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    return [t for t in _configured(study) if forget_of(t) is not None]
+    """The completed trials the comparison reads: with a forget value, within any memory budget."""
+    return [t for t in _configured(study) if forget_of(t) is not None and not over_budget(t)]
 
 
 def gaps(study: optuna.Study, tolerance: float | None = None) -> list[Gap]:
@@ -184,9 +202,10 @@ def best_lr(rows: list[Row], tolerance: float | None) -> tuple[float, float] | N
     return top.learning_rate, top.learn
 
 
-def front(rows: list[Row]) -> list[Row]:
-    """The (learn up, forget down) Pareto front of `rows`, by learn."""
-    ordered = sorted(rows, key=lambda r: (r.forget, -r.learn))
+def front(rows: list[Row], cost: str = "forget") -> list[Row]:
+    """The (learn up, `cost` down) Pareto front of `rows` (forget, or a memory field), by learn."""
+    rows = [r for r in rows if getattr(r, cost) is not None]
+    ordered = sorted(rows, key=lambda r: (getattr(r, cost), -r.learn))
     kept, best = [], -math.inf
     for r in ordered:
         if r.learn > best:

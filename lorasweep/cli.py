@@ -131,7 +131,8 @@ def optimize(
         run(n_trials, timeout, lambda study: queue_arm(study, searched))
         left = None if timeout is None else timeout - (time.monotonic() - start)
         if replicates and (left is None or left > 0):
-            replicate(s, searched.forget_tolerance, 1, replicates, lambda n: run(n, left, waiting_replicates))
+            tolerance = searched.question.forget_tolerance
+            replicate(s, tolerance, 1, replicates, lambda n: run(n, left, waiting_replicates))
     if is_worker():  # the parent prints the answer, once
         return
     with user_errors():
@@ -166,7 +167,7 @@ def confirm(
         searched = recorded_space(loaded, "confirm its leaders")
         TrialConfig.from_dict(searched.config, f"study '{loaded.study_name}' config")
         store = open_storage(storage, heartbeat=(HEARTBEAT_S, GRACE_S), wait=storage_wait)
-    tolerance = searched.forget_tolerance if forget_tolerance is None else forget_tolerance
+    tolerance = searched.question.forget_tolerance if forget_tolerance is None else forget_tolerance
     quiet_libraries()
     from lorasweep.replicates import waiting_replicates
     from lorasweep.sweep import conclude, replicate, session

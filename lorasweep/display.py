@@ -69,8 +69,9 @@ def dashboard_command(storage: str, artifact_dir: Path) -> str:
     return f"optuna-dashboard {dashboard_target(storage)} --artifact-dir {artifact_dir}"
 
 
-def trial_line(frozen: optuna.trial.FrozenTrial) -> str:
-    """One finished trial: its config and learn/forget, or why it did not complete."""
+def trial_line(frozen: optuna.trial.FrozenTrial, names: list[str] | None = None) -> str:
+    """One finished trial: its config, learn, forget and any third objective (`names`: the
+    study's metric names), or why it did not complete."""
     attrs = frozen.user_attrs
     if frozen.state.name != "COMPLETE":
         reason = (
@@ -79,9 +80,11 @@ def trial_line(frozen: optuna.trial.FrozenTrial) -> str:
         return f"trial {frozen.number}: {frozen.state.name.lower()} ({reason})"
     forget = forget_of(frozen)
     replica = f"  (trial {attrs[REPLICATE_OF]}, seed {attrs.get('seed')})" if REPLICATE_OF in attrs else ""
+    third = names[2] if names and len(names) > 2 and len(frozen.values) > 2 else None
+    memory = f"  {third} {frozen.values[2]:,.4g}" if third else ""
     return (
         f"trial {frozen.number}: {describe(attrs.get('config', {}))}{replica}  "
-        f"learn {frozen.values[0]:.3f}  forget {float('nan') if forget is None else forget:+.3f}  "
+        f"learn {frozen.values[0]:.3f}  forget {float('nan') if forget is None else forget:+.3f}{memory}  "
         f"({attrs.get('wall_s', 0):.0f}s)"
     )
 
@@ -106,7 +109,8 @@ def print_best(study: optuna.Study) -> None:
         console.print(table)
     else:
         table = Table(title=title)
-        for column in ("trial", "method", "rank", "targets", "lr", "learn", "forget"):
+        third = value_names(study)[2:]  # a memory objective's
+        for column in ("trial", "method", "rank", "targets", "lr", "learn", "forget", *third):
             table.add_column(column, justify="left" if column in ("method", "targets") else "right")
         for t in trials:
             c = t.user_attrs["config"]
@@ -121,6 +125,7 @@ def print_best(study: optuna.Study) -> None:
                 f"{lr:.2e}" if lr is not None else "?",
                 f"{t.values[0]:.3f}",
                 f"{float('nan') if forget is None else forget:+.3f}",
+                *(f"{v:,.4g}" for v in t.values[2:]),
             )
         console.print(table)
     for gap in gaps:
@@ -131,14 +136,16 @@ def best_title(study: optuna.Study) -> str:
     """What `best` shows, in the study's own terms: learn and forget for a lorasweep study."""
     name, names = study.study_name, value_names(study)
     ups = [d == optuna.study.StudyDirection.MAXIMIZE for d in study.directions]
+    budget = study.user_attrs.get("memory_budget_gb")
+    within = "" if budget is None else f", peak memory <= {budget:g} GiB"
     if objective_of(study) == "constrained":
         goal = f"{'max' if ups[0] else 'min'} {names[0]}"
         tolerance = study.user_attrs.get("forget_tolerance")
         if tolerance is None:  # not a lorasweep constrained study: no feasibility limit to name
             return f"Best trial of '{name}' ({goal})"
-        return f"Best feasible trial of '{name}' ({goal}, forget <= {tolerance})"
+        return f"Best feasible trial of '{name}' ({goal}, forget <= {tolerance}{within})"
     goals = ", ".join(f"{n} {'up' if up else 'down'}" for n, up in zip(names, ups))
-    return f"Pareto front of '{name}' ({goals})"
+    return f"Pareto front of '{name}' ({goals}{within})"
 
 
 def best_gaps(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> list[Gap]:

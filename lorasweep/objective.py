@@ -1,7 +1,13 @@
 """The Optuna objective: sample a config, run the trial, record everything on the trial.
 
     objective(trial) -> (learn, forget)       # objective: pareto
+    objective(trial) -> (learn, forget, m)    # ... with memory_objective (peak_memory_gb or trainable_params)
     objective(trial) -> learn                 # objective: constrained (forget <= tolerance)
+
+With `memory_budget_gb`, a trial whose peak memory exceeds the budget is infeasible (an Optuna
+constraint, `memory`, so samplers steer away from it and `best` leaves it out); one whose memory
+estimate (memory.py) already exceeds it is not trained: it is pruned at step 0 with the constraint
+set from the estimate.
 
 Every field of the `TrialResult` that `run_trial` returns is stored as a user attr of the same name
 (the resolved config included; a field the trial has no value for is left out), and the
@@ -30,15 +36,18 @@ import optuna
 import torch
 
 from lorasweep.artifacts import attach
-from lorasweep.config import write_trial_yaml
+from lorasweep.config import TrialConfig, write_trial_yaml
+from lorasweep.memory import GiB
 from lorasweep.optuna_private import report
 from lorasweep.pending import Kept, keep, write_result
 from lorasweep.pruning import should_prune
+from lorasweep.records import TrialResult
 from lorasweep.replicates import is_replicate, replicate_seed
+from lorasweep.search_options import MEMORY_OBJECTIVES, Question
 from lorasweep.search_space import SearchSpace
 from lorasweep.sharding import ShardFailed
 from lorasweep.train import NonFiniteLoss
-from lorasweep.trial import run_trial
+from lorasweep.trial import expected_memory, run_trial
 from lorasweep.validation import ConfigError
 
 # Failures that belong to one configuration, not to the sweep (a diverged loss, a target preset
@@ -53,17 +62,19 @@ def make_objective(
     cache_dir: Path | None = None,
     artifact_dir: Path | None = None,
     keep_dir: Path | None = None,
-) -> Callable[[optuna.Trial], float | tuple[float, float]]:
-    """(learn, forget) for a pareto space; learn, with forget <= tolerance as a constraint, else.
+) -> Callable[[optuna.Trial], float | tuple[float, ...]]:
+    """(learn, forget[, memory]) for a pareto space; learn, with forget <= tolerance as a
+    constraint, else (the module doc).
 
     With `artifact_dir`, each completed trial also gets its resolved config as a `trial.yaml`
     artifact (the file `lorasweep run --config` takes), shown by optuna-dashboard. With
     `keep_dir`, a finished trial's result is kept there until the study has it (pending.py).
     """
-    constrained = space.objective == "constrained"
-    dominance = space.pruner["name"] == "dominance"
+    question = space.question
+    constrained = question.objective == "constrained"
+    pruner = question.pruner
 
-    def objective(trial: optuna.Trial) -> float | tuple[float, float]:
+    def objective(trial: optuna.Trial) -> float | tuple[float, ...]:
         evaluations = 0
         frozen = trial.study.get_trials(deepcopy=False)[trial.number]
         seed = replicate_seed(frozen)
@@ -75,9 +86,9 @@ def make_objective(
             if seed is not None:  # a replicate measures its configuration to the end
                 return
             if constrained and trial.should_prune():
-                prune(trial, step, f"{space.pruner['name']} pruner: learn {learn:.3f} at step {step}")
-            if dominance:
-                k, warmup = space.pruner["k"], space.pruner["warmup_points"]
+                prune(trial, step, f"{pruner['name']} pruner: learn {learn:.3f} at step {step}")
+            if pruner["name"] == "dominance":
+                k, warmup = pruner["k"], pruner["warmup_points"]
                 if should_prune((learn, forget), index, completed_curves(trial.study), k, warmup):
                     trial.set_user_attr(
                         "pruned_point", {"learn": learn, "forget": forget, "evaluation": index}
@@ -108,6 +119,8 @@ def make_objective(
                     0,
                     f"duplicate of trial {earlier.number}: a completed configuration is not trained again",
                 )
+            if question.memory_budget_gb is not None:
+                over_budget(trial, config, question.memory_budget_gb)
             result = run_trial(config, on_step=on_step, on_eval=on_eval, cache_dir=cache_dir)
         except TRIAL_FAILURES as err:
             trial.set_user_attr("fail_reason", f"{err.__class__.__name__}: {err}")
@@ -121,8 +134,8 @@ def make_objective(
             step=result.train_steps,  # the last point of the learning curve
             learn=result.learn,
             attrs=result.attrs(),
-            values=[result.learn] if constrained else [result.learn, result.forget],
-            constraint=result.forget - space.forget_tolerance if constrained else None,
+            values=objective_values(question, result),
+            constraints=constraints(question, result),
         )
         if keep_dir is not None:  # until Optuna's tell: the result outlives this process
             keep(keep_dir, kept)
@@ -132,6 +145,43 @@ def make_objective(
         return kept.values[0] if constrained else tuple(kept.values)
 
     return objective
+
+
+def objective_values(question: Question, result: TrialResult) -> list[float]:
+    """What Optuna's tell records for a trial, in the order of the study's metric names."""
+    if question.objective == "constrained":
+        return [result.learn]
+    values = [result.learn, result.forget]
+    if question.memory_objective is not None:
+        values.append(float(getattr(result, MEMORY_OBJECTIVES[question.memory_objective])))
+    return values
+
+
+def constraints(question: Question, result: TrialResult) -> dict[str, float]:
+    """The trial's Optuna constraints (feasible where each is <= 0): forget over the tolerance of a
+    constrained study, peak memory over the budget (GiB)."""
+    found = {}
+    if question.objective == "constrained":
+        found["forget"] = result.forget - question.forget_tolerance
+    if question.memory_budget_gb is not None:
+        found["memory"] = result.peak_memory_gb - question.memory_budget_gb
+    return found
+
+
+def over_budget(trial: optuna.Trial, config: TrialConfig, budget: float) -> None:
+    """Prune, untrained, a trial whose memory estimate exceeds the budget: recorded infeasible by
+    as much as the estimate exceeds it, so the sampler learns where the budget ends."""
+    expected = expected_memory(config)
+    if expected is None or expected.total / GiB <= budget:
+        return
+    trial.set_user_attr("memory_estimate_bytes", expected.total)
+    trial.set_user_attr("memory_estimate", expected.parts())
+    trial.set_constraint("memory", expected.total / GiB - budget)
+    prune(
+        trial,
+        0,
+        f"memory estimate {expected.describe()} exceeds memory_budget_gb {budget:g}: not trained",
+    )
 
 
 def release_memory() -> None:

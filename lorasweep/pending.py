@@ -42,7 +42,7 @@ class Kept:
     learn: float
     attrs: dict[str, Any]  # the trial's records, as user attrs
     values: list[float]  # what Optuna's tell records
-    constraint: float | None = None  # forget minus the tolerance (objective: constrained)
+    constraints: dict[str, float] = field(default_factory=dict)  # Optuna's, by name (objective.constraints)
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
     started: str = field(default_factory=lambda: _started(os.getpid()))  # the pid's, to tell reuse
@@ -91,8 +91,8 @@ def write_result(trial: optuna.Trial, kept: Kept) -> None:
     report(trial, kept.step, kept.learn)
     for key, value in kept.attrs.items():
         trial.set_user_attr(key, value)
-    if kept.constraint is not None:
-        trial.set_constraint("forget", kept.constraint)
+    for name, value in kept.constraints.items():
+        trial.set_constraint(name, value)
 
 
 def record_kept(study: optuna.Study, where: Path | None) -> list[str]:
@@ -107,7 +107,7 @@ def record_kept(study: optuna.Study, where: Path | None) -> list[str]:
     lines, trials = [], None
     for path in sorted(where.glob("trial-*.json")):
         try:
-            kept = Kept(**json.loads(path.read_text()))
+            kept = _read(path)
         except (ValueError, TypeError) as err:  # not a file keep() wrote whole: nothing to recover
             lines.append(f"{path}: not a kept trial result ({err.__class__.__name__}); removed")
             path.unlink()
@@ -131,6 +131,15 @@ def record_kept(study: optuna.Study, where: Path | None) -> list[str]:
             lines.append(f"trial {kept.number} is {state} in the study: its result kept in {path} is dropped")
         path.unlink()
     return lines
+
+
+def _read(path: Path) -> Kept:
+    """A kept result; one kept by lorasweep before memory budgets held a single constraint, forget's."""
+    fields = json.loads(path.read_text())
+    if "constraint" in fields:
+        forget = fields.pop("constraint")
+        fields["constraints"] = {} if forget is None else {"forget": forget}
+    return Kept(**fields)
 
 
 def _started(pid: int) -> str:

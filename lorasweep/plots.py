@@ -11,9 +11,12 @@ import optuna
 from lorasweep.analysis import Row, front
 from lorasweep.records import value_names
 
+MEMORY_LABELS = {"peak_memory_gb": "peak memory GiB", "trainable_params": "trainable params"}
 
-def plot(rows: list[Row], out: Path) -> list[Path]:
-    """PNG plots of the study; returns the files written."""
+
+def plot(rows: list[Row], out: Path, memory: str | None = None, budget: float | None = None) -> list[Path]:
+    """PNG plots of the study; with `memory` (a Row field: the study's memory objective, or peak
+    memory under a `budget`), learn against it too. Returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -47,6 +50,9 @@ def plot(rows: list[Row], out: Path) -> list[Path]:
     a1.legend()
     files.append(_save(fig, out / "lr.png"))
 
+    if memory is not None:
+        files.append(_memory_plot(rows, out, memory, budget, colours))
+
     if len({r.replay for r in rows}) >= 2:
         fig, ax = plt.subplots(figsize=(6, 4))
         for m in methods:
@@ -56,6 +62,28 @@ def plot(rows: list[Row], out: Path) -> list[Path]:
         ax.legend()
         files.append(_save(fig, out / "replay.png"))
     return files
+
+
+def _memory_plot(rows: list[Row], out: Path, memory: str, budget: float | None, colours: dict) -> Path:
+    """learn against the memory measure, each method's (learn up, memory down) front, the budget."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for m, colour in colours.items():
+        group = [r for r in rows if r.method == m and getattr(r, memory) is not None]
+        ax.scatter([getattr(r, memory) for r in group], [r.learn for r in group], color=colour, label=m)
+        f = front(group, memory)
+        ax.step([getattr(r, memory) for r in f], [r.learn for r in f], where="post", color=colour)
+    if budget is not None and memory == "peak_memory_gb":
+        ax.axvline(budget, color="grey", linestyle="--", label=f"budget {budget:g} GiB")
+    ax.set(
+        xscale="log" if memory == "trainable_params" else "linear",
+        xlabel=MEMORY_LABELS[memory],
+        ylabel="learn (domain QA exact match)",
+        title=f"learn / {MEMORY_LABELS[memory]} by method, with each method's front",
+    )
+    ax.legend()
+    return _save(fig, out / "memory.png")
 
 
 def _save(fig, path: Path) -> Path:
@@ -77,7 +105,7 @@ def write_html(study: optuna.Study, out: Path) -> list[Path]:
             study, target=lambda t: t.values[0], target_name=names[0]
         )
     }
-    if len(study.directions) == 2:
+    if len(study.directions) in (2, 3):  # Optuna draws a 3-objective front in 3-D
         figures["pareto.html"] = vis.plot_pareto_front(study, target_names=names)
     files = []
     for name, fig in figures.items():

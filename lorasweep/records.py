@@ -44,6 +44,8 @@ class TrialResult:
     total_params: int
     trainable_pct: float
     peak_mem_bytes: int  # measured: CUDA allocated, or the process's resident memory on a CPU
+    peak_memory_gb: float  # what memory_objective and memory_budget_gb read, in GiB (trial._peak_memory_gb)
+    peak_memory_source: str  # measured (CUDA allocated), estimated (on a CPU), or resident
     memory_estimate_bytes: int | None  # estimated before loading, per device (memory.py)
     memory_estimate: dict[str, int] | None  # its parts: weights, gradients, optimizer, activations
     optimizer_state_bytes: int | None  # the optimizer's state tensors, over every shard

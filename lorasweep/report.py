@@ -19,11 +19,22 @@ from pathlib import Path
 import numpy as np
 import optuna
 
-from lorasweep.analysis import Row, best_lr, critical_mixture_ratio, gaps, plural, rows_of, study_front
+from lorasweep.analysis import (
+    Row,
+    best_lr,
+    critical_mixture_ratio,
+    gaps,
+    memory_metric,
+    over_budget,
+    plural,
+    rows_of,
+    study_front,
+)
 from lorasweep.findings import Finding, findings
-from lorasweep.plots import plot, write_html
+from lorasweep.plots import MEMORY_LABELS, plot, write_html
 from lorasweep.records import value_names
 from lorasweep.replicates import is_replicate
+from lorasweep.search_options import MEMORY_OBJECTIVES
 from lorasweep.study import objective_of
 from lorasweep.validation import ConfigError
 from lorasweep.verdict import verdict
@@ -45,6 +56,7 @@ def write_report(study: optuna.Study, out: Path, tolerance: float | None = None)
     tolerance = study.user_attrs.get("forget_tolerance") if tolerance is None else tolerance
     states = Counter(t.state.name.lower() for t in study.trials)
     rows = rows_of(study)
+    memory = memory_metric(study)
     lines = _summary(study, tolerance, states)
     files = write_html(study, out) if states["complete"] else []
     if not rows:
@@ -60,13 +72,18 @@ def write_report(study: optuna.Study, out: Path, tolerance: float | None = None)
             ]
             lines += ["", "## Parameter importances", "", *_importances(study)]
     else:
-        files = plot(rows, out) + files
+        budget = study.user_attrs.get("memory_budget_gb")
+        files = plot(rows, out, memory, budget) + files
         lines += ["## Verdict", "", *verdict(study, tolerance).lines, ""]
         lines += _findings(findings(rows, tolerance))
         lines += ["", "## Pareto front", "", "![learn / forget](pareto.png)", ""]
+        if memory is not None:
+            lines += [f"![learn / {MEMORY_LABELS[memory]}](memory.png)", ""]
         lines += _table(
-            ["trial", "method", "rank", "targets", "lr", "replay", "learn", "forget", "seeds"],
-            [_cells(r) for r in sorted(study_front(study, rows), key=lambda r: -r.learn)],
+            ["trial", "method", "rank", "targets", "lr", "replay", "learn", "forget"]
+            + ([MEMORY_LABELS[memory]] if memory else [])
+            + ["seeds"],
+            [_cells(r, memory) for r in sorted(study_front(study, rows), key=lambda r: -r.learn)],
         )
         lines += _learning_rates(rows, tolerance)
         lines += _targets_and_ranks(rows)
@@ -97,6 +114,7 @@ def _summary(study: optuna.Study, tolerance: float | None, states: Counter) -> l
             f"Base model: learn {base['learn']:.3f}, general held-out loss {base['general_loss']:.3f}, "
             f"general QA {base['general_qa_acc']:.3f}."
         )
+    lines += _memory_question(study)
     lines.append("")
     missing = gaps(study, tolerance)
     if missing:
@@ -108,6 +126,24 @@ def _summary(study: optuna.Study, tolerance: float | None, states: Counter) -> l
             *(f"- {gap}" for gap in missing),
             "",
         ]
+    return lines
+
+
+def _memory_question(study: optuna.Study) -> list[str]:
+    """What the study asks of memory: a third objective, a budget and the trials over it."""
+    lines = []
+    if study.user_attrs.get("memory_objective") in MEMORY_OBJECTIVES:
+        name = MEMORY_OBJECTIVES[study.user_attrs["memory_objective"]]
+        lines.append(f"Third objective: {MEMORY_LABELS[name]}, minimised; the front below is over all three.")
+    budget = study.user_attrs.get("memory_budget_gb")
+    if budget is not None:
+        over = [t for t in study.trials if over_budget(t)]
+        untrained = sum(t.state == optuna.trial.TrialState.PRUNED for t in over)
+        lines.append(
+            f"Memory budget: {budget:g} GiB per device (peak memory: measured on a GPU, estimated on a "
+            f"CPU); {plural(len(over), 'trial')} over it, left out of the comparison"
+            + (f" ({untrained} not trained: their estimate was over)." if untrained else ".")
+        )
     return lines
 
 
@@ -208,7 +244,9 @@ def _median(values: list[float | None], unit: float = 1) -> str:
     return f"{np.median(recorded) / unit:,.0f}" if recorded else "not recorded"
 
 
-def _cells(r: Row) -> list[str]:
+def _cells(r: Row, memory: str | None = None) -> list[str]:
+    value = getattr(r, memory) if memory else None
+    shown = [] if memory is None else ["-" if value is None else f"{value:,.3g}"]
     return [
         str(r.number),
         r.method,
@@ -218,6 +256,7 @@ def _cells(r: Row) -> list[str]:
         f"{r.replay:g}",
         f"{r.learn:.3f}",
         f"{r.forget:+.3f}",
+        *shown,
         str(r.seeds),
     ]
 

@@ -1,11 +1,13 @@
-"""How a search space searches: its objective, sampler and pruner (the keys `objective`,
-`forget_tolerance`, `pruner` and `sampler` of a space file; search_spaces/README.md).
+"""How a search space searches: its objectives, sampler and pruner (the keys `objective`,
+`forget_tolerance`, `memory_objective`, `memory_budget_gb`, `pruner` and `sampler` of a space
+file; search_spaces/README.md).
 
 Optuna's defaults drift between versions, so lorasweep states its own and a study records them.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -13,6 +15,8 @@ import optuna
 from lorasweep.validation import ConfigError, coerce, unknown
 
 OBJECTIVES = ("pareto", "constrained")
+# a third objective of a pareto study, minimised beside (learn, forget): the trial attr it reads
+MEMORY_OBJECTIVES = {"peak_memory": "peak_memory_gb", "trainable_params": "trainable_params"}
 # Optuna's pruners act on the intermediate learn values and cannot prune multi-objective studies,
 # so they need `objective: constrained`; the dominance pruner (pruning.py) is for pareto studies.
 PRUNERS = {
@@ -67,8 +71,26 @@ def make_pruner(pruner: dict[str, Any]) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()  # none, or dominance: applied by the objective itself
 
 
-def parse_objective(raw: dict[str, Any], src: str) -> tuple[str, float | None, dict[str, Any]]:
-    """A space's objective, forget tolerance and pruner (with lorasweep's defaults filled in)."""
+@dataclass
+class Question:
+    """What a space asks of its trials: the objectives, the constraints, and how to prune."""
+
+    objective: str = "pareto"  # pareto: (learn up, forget down); constrained: learn up, forget <= tolerance
+    forget_tolerance: float | None = None
+    memory_objective: str | None = None  # pareto only: a third objective, minimised (MEMORY_OBJECTIVES)
+    memory_budget_gb: float | None = None  # peak memory above this (GiB) makes a trial infeasible
+    pruner: dict[str, Any] = field(default_factory=lambda: {"name": "none"})
+
+    def metrics(self) -> list[str]:
+        """The study's metric names, one per objective."""
+        if self.objective == "constrained":
+            return ["learn"]
+        third = [MEMORY_OBJECTIVES[self.memory_objective]] if self.memory_objective else []
+        return ["learn", "forget", *third]
+
+
+def parse_objective(raw: dict[str, Any], src: str) -> Question:
+    """A space's objectives, constraints and pruner (with lorasweep's defaults filled in)."""
     objective = raw.get("objective", "pareto")
     if objective not in OBJECTIVES:
         raise ConfigError(f"{src}: objective '{objective}' is unknown (allowed: {', '.join(OBJECTIVES)})")
@@ -79,6 +101,21 @@ def parse_objective(raw: dict[str, Any], src: str) -> tuple[str, float | None, d
             raise ConfigError(f"{src}: field 'forget_tolerance' is {tolerance}; allowed: a number >= 0")
     if objective == "constrained" and tolerance is None:
         raise ConfigError(f"{src}: objective 'constrained' needs forget_tolerance (nats/token)")
+    memory = raw.get("memory_objective")
+    if memory is not None and memory not in MEMORY_OBJECTIVES:
+        raise ConfigError(
+            f"{src}: memory_objective '{memory}' is unknown (allowed: {', '.join(MEMORY_OBJECTIVES)})"
+        )
+    if memory is not None and objective != "pareto":
+        raise ConfigError(
+            f"{src}: memory_objective needs objective: pareto (a constrained study has the one "
+            "objective learn); to cap memory in a constrained study, set memory_budget_gb"
+        )
+    budget = raw.get("memory_budget_gb")
+    if budget is not None:
+        budget = coerce(budget, float, src, "memory_budget_gb")
+        if budget <= 0:
+            raise ConfigError(f"{src}: field 'memory_budget_gb' is {budget}; allowed: a number of GiB > 0")
     pruner = raw.get("pruner") or {"name": "none"}
     pruner = _parse_options(
         pruner if isinstance(pruner, dict) else {"name": pruner}, PRUNERS, PRUNER_DEFAULTS, "pruner", src
@@ -89,7 +126,12 @@ def parse_objective(raw: dict[str, Any], src: str) -> tuple[str, float | None, d
         raise ConfigError(f"{src}: pruner '{pruner['name']}' needs objective: {needs}{why}")
     if pruner["name"] == "dominance" and (pruner["k"] < 1 or pruner["warmup_points"] < 0):
         raise ConfigError(f"{src}: dominance pruner needs k >= 1 and warmup_points >= 0")
-    return objective, tolerance, pruner
+    if pruner["name"] == "dominance" and memory is not None:
+        raise ConfigError(
+            f"{src}: pruner 'dominance' compares (learn, forget) points and cannot weigh a third "
+            "objective; use pruner: none with memory_objective"
+        )
+    return Question(objective, tolerance, memory, budget, pruner)
 
 
 def parse_sampler(raw: Any, src: str) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from typing import Any
 import optuna
 
 from lorasweep.config import TrialConfig
-from lorasweep.search_options import make_pruner, make_sampler, parse_objective, parse_sampler
+from lorasweep.search_options import Question, make_pruner, make_sampler, parse_objective, parse_sampler
 from lorasweep.validation import ConfigError, coerce, did_you_mean, field_kind, load_yaml, unknown
 
 DEFAULT_SPACE = Path("search_spaces/default.yaml")
@@ -41,6 +41,8 @@ SPACE_KEYS = (
     "baselines",
     "sampler",
     "compare",
+    "memory_objective",
+    "memory_budget_gb",
 )
 PEFT_KEY = "peft_config."  # a searched key of a PEFT method's own config (peft_methods.py)
 PARAM_KEYS = ("type", "field", "low", "high", "log", "step", "choices", "when")
@@ -88,9 +90,7 @@ class SearchSpace:
     params: list[Param]
     baselines: list[dict[str, Any]]  # as Optuna params, ready to enqueue
     sampler: dict[str, Any]
-    objective: str = "pareto"  # pareto: (learn up, forget down); constrained: learn up, forget <= tolerance
-    forget_tolerance: float | None = None
-    pruner: dict[str, Any] = field(default_factory=lambda: {"name": "none"})
+    question: Question = field(default_factory=Question)  # objectives, constraints, pruner
     compare: str | None = None  # the categorical param whose values (arms) share the trials evenly
 
     def arms(self) -> list[Any]:
@@ -132,7 +132,7 @@ class SearchSpace:
         return make_sampler(self.sampler, seed)
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
-        return make_pruner(self.pruner)
+        return make_pruner(self.question.pruner)
 
 
 def load_space(path: Path) -> SearchSpace:
@@ -154,7 +154,7 @@ def parse_space(raw: Any, path: Path) -> SearchSpace:
     if not params:
         raise ConfigError(f"{src}: 'params' is empty; a search space searches at least one field")
     space = SearchSpace(path, raw, config, params, [], parse_sampler(raw.get("sampler") or {}, src))
-    space.objective, space.forget_tolerance, space.pruner = parse_objective(raw, src)
+    space.question = parse_objective(raw, src)
     space.compare = _parse_compare(raw.get("compare"), params, src)
     baselines = raw.get("baselines") or []
     if not isinstance(baselines, list):

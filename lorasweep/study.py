@@ -1,6 +1,7 @@
 """The Optuna study: its sampler, metric names, baselines and arms, on a storage (storages.py).
 
-A study is multi-objective: learn (maximize) and forget (minimize). Everything needed to read it
+A study is multi-objective: learn (maximize) and forget (minimize), and with a space's
+`memory_objective` peak memory or trainable parameters (minimize). Everything needed to read it
 later is recorded on it: the search space as read, the sampler with all its options, the base
 model's own metrics. Running `optimize` again on the same study adds trials to it (resume).
 """
@@ -20,11 +21,6 @@ from lorasweep.validation import ConfigError
 
 DEFAULT_STORAGE = "sqlite:///results/lorasweep.db"
 DEFAULT_STUDY = "default"
-# objective mode -> (metric names, directions)
-OBJECTIVES = {
-    "pareto": (["learn", "forget"], ["maximize", "minimize"]),
-    "constrained": (["learn"], ["maximize"]),  # forget <= tolerance as an Optuna constraint
-}
 
 
 def open_study(
@@ -51,11 +47,16 @@ def open_study(
                 f"({study.user_attrs.get('space_path')}); use another --study name"
             )
     else:
-        metrics, directions = OBJECTIVES[space.objective]
+        question = space.question
+        metrics = question.metrics()  # learn is maximised, forget and memory minimised
+        directions = ["maximize"] + ["minimize"] * (len(metrics) - 1)
         study = optuna.create_study(study_name=name, storage=store, directions=directions)
         study.set_metric_names(metrics)
-        study.set_user_attr("objective", space.objective)
-        study.set_user_attr("forget_tolerance", space.forget_tolerance)
+        study.set_user_attr("objective", question.objective)
+        study.set_user_attr("forget_tolerance", question.forget_tolerance)
+        for key in ("memory_objective", "memory_budget_gb"):  # only where asked: older studies lack them
+            if getattr(question, key) is not None:
+                study.set_user_attr(key, getattr(question, key))
         study.set_user_attr("space", space.raw)
         study.set_user_attr("space_path", str(space.path))
         study.set_user_attr("lorasweep_version", __version__)
@@ -71,7 +72,7 @@ def open_study(
     runs = list(study.user_attrs.get("sampler_runs", []))
     runs.append({**space.sampler, "seed": sampler_seed, "first_trial": started})
     study.set_user_attr("sampler", space.sampler)
-    study.set_user_attr("pruner", space.pruner)
+    study.set_user_attr("pruner", space.question.pruner)
     study.set_user_attr("sampler_runs", runs)
     if base_metrics is not None and "base_metrics" not in study.user_attrs:
         study.set_user_attr("base_metrics", base_metrics)
@@ -106,7 +107,7 @@ def queue_arm(study: optuna.Study, space: SearchSpace) -> bool:
 
 def _searched(raw: dict[str, Any]) -> tuple:
     """What makes two spaces the same study: the question asked, fixed config, searched params."""
-    keys = ("objective", "forget_tolerance", "config", "params")
+    keys = ("objective", "forget_tolerance", "memory_objective", "memory_budget_gb", "config", "params")
     return tuple(raw.get(k) for k in keys)
 
 

@@ -25,6 +25,7 @@ from lorasweep.display import err_console, progress, say, trial_line
 from lorasweep.objective import TRIAL_FAILURES, make_objective
 from lorasweep.pending import discard, folder, record_kept
 from lorasweep.prepare import prepare
+from lorasweep.records import value_names
 from lorasweep.search_space import SearchSpace
 from lorasweep.study import open_study
 from lorasweep.verdict import save_note, verdict
@@ -42,7 +43,7 @@ class Session:
 
     def on_trial(self, frozen: optuna.trial.FrozenTrial) -> None:
         self.bars.advance(self.task)
-        say(trial_line(frozen), self.bars.console)
+        say(trial_line(frozen, value_names(self.study)), self.bars.console)
 
     def recover(self, study: optuna.Study) -> None:
         """Record the results that stopped processes left on this machine (under the claim lock)."""

@@ -22,7 +22,7 @@ import torch
 from lorasweep.config import DATA_INITS, TrialConfig
 from lorasweep.data import pack_epochs
 from lorasweep.evaluate import forget, mean_loss
-from lorasweep.memory import MemoryEstimate, check_fits, estimate, model_config
+from lorasweep.memory import GiB, MemoryEstimate, check_fits, estimate, model_config
 from lorasweep.modeling import model_bytes, parameter_counts, resolve_device, resolve_dtype, trial_model
 from lorasweep.optimizers import make_optimizer, state_bytes
 from lorasweep.prepare import Prepared, evaluate_model, prepare
@@ -96,7 +96,7 @@ def train_trial(
     reduce = shard.reduce if shard else lambda value, _op: value
     torch.set_num_threads(config.threads or max(1, len(os.sched_getaffinity(0)) // shards))
     device = shard.device if shard else resolve_device(config.device)
-    estimated = _estimate(config, lambda: model_config(config), resolve_dtype(config.dtype, device))
+    estimated = expected_memory(config, device)
     if estimated is not None:
         check_fits(estimated, config, device)
     prepared = prepare(config, cache_dir, device=device, measured=measured)
@@ -167,6 +167,7 @@ def train_trial(
         learn_curve[steps] = final["learn"]
         forget_curve[steps] = forget(final["general_loss"], base["general_loss"])
     qa = final.get("general_qa_acc")
+    peak = int(reduce(_peak_memory(prepared.device), "max"))  # of the fullest device
     return TrialResult(
         learn=final["learn"],
         forget=forget(final["general_loss"], base["general_loss"]),
@@ -187,7 +188,8 @@ def train_trial(
         trainable_params=trainable,
         total_params=total,
         trainable_pct=100.0 * trainable / total,
-        peak_mem_bytes=int(reduce(_peak_memory(prepared.device), "max")),  # of the fullest device
+        peak_mem_bytes=peak,
+        **_peak_memory_gb(prepared.device, peak, estimated),
         memory_estimate_bytes=None if estimated is None else estimated.total,
         memory_estimate=None if estimated is None else estimated.parts(),
         optimizer_state_bytes=int(reduce(state_bytes(optimizer), "sum")),  # of every shard
@@ -213,6 +215,26 @@ def train_trial(
         config=config.to_dict(),
         versions=package_versions(),
     )
+
+
+def expected_memory(config: TrialConfig, device: torch.device | None = None) -> MemoryEstimate | None:
+    """The trial's memory per device, estimated before anything is loaded, on `device` (default:
+    the config's); None where the estimate cannot be made (see _estimate)."""
+    device = resolve_device(config.device) if device is None else device
+    return _estimate(config, lambda: model_config(config), resolve_dtype(config.dtype, device))
+
+
+def _peak_memory_gb(device: torch.device, peak: int, estimated: MemoryEstimate | None) -> dict[str, Any]:
+    """The peak memory a memory objective or budget reads (GiB), and where it comes from: measured
+    on a GPU; on a CPU the estimate, as the process's resident memory holds the prepared base
+    model and blocks the allocator keeps, not the trial's tensors (BENCHMARKS.md, "Memory
+    estimate"); resident memory only where there is no estimate."""
+    if device.type != "cuda" and estimated is not None:
+        return {"peak_memory_gb": estimated.total / GiB, "peak_memory_source": "estimated"}
+    return {
+        "peak_memory_gb": peak / GiB,
+        "peak_memory_source": "measured" if device.type == "cuda" else "resident",
+    }
 
 
 def _estimate(

@@ -9,6 +9,7 @@ checks (signals, worker processes, what reaches the terminal): then `cli`.
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import socket
@@ -159,6 +160,15 @@ def tiny_space(tmp_path) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(TINY_SPACE, sort_keys=False))
     return path
+
+
+def write_space(tmp_path: Path, **top) -> str:
+    """TINY_SPACE with top-level keys set from `top`, written to tmp_path/space.yaml."""
+    space = copy.deepcopy(TINY_SPACE)
+    space.update(top)
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    return str(path)
 
 
 def invoke(*args: str, cwd: Path) -> subprocess.CompletedProcess:

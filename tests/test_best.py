@@ -1,24 +1,15 @@
 """Constrained studies with pruning, choosing the study, and `lorasweep best` through the real CLI."""
 
-import copy
 import json
 
 import optuna
 import pytest
 import yaml
-from conftest import TINY_SPACE, invoke, optimize
+from conftest import invoke, optimize, write_space
 
 from lorasweep.search_space import load_space
 from lorasweep.study import best_trials, load_study
 from lorasweep.validation import ConfigError
-
-
-def write_space(tmp_path, **top) -> str:
-    space = copy.deepcopy(TINY_SPACE)
-    space.update(top)
-    path = tmp_path / "space.yaml"
-    path.write_text(yaml.safe_dump(space, sort_keys=False))
-    return str(path)
 
 
 @pytest.mark.parametrize("pruner", ["median", "hyperband"])
@@ -125,6 +116,20 @@ def test_a_plain_optuna_study_is_read_without_our_attrs(tmp_path, cache_dir):
             {"objective": "constrained", "forget_tolerance": 0.3, "pruner": {"name": "dominance"}},
             "pruner 'dominance' needs objective: pareto",
         ),
+        (
+            {"memory_objective": "vram"},
+            "memory_objective 'vram' is unknown (allowed: peak_memory, trainable_params)",
+        ),
+        (
+            {"objective": "constrained", "forget_tolerance": 0.3, "memory_objective": "peak_memory"},
+            "memory_objective needs objective: pareto (a constrained study has the one objective learn)",
+        ),
+        (
+            {"memory_objective": "trainable_params", "pruner": {"name": "dominance"}},
+            "pruner 'dominance' compares (learn, forget) points and cannot weigh a third objective",
+        ),
+        ({"memory_budget_gb": 0}, "field 'memory_budget_gb' is 0.0; allowed: a number of GiB > 0"),
+        ({"memory_budget_gb": "lots"}, "'memory_budget_gb' is 'lots'"),
     ],
 )
 def test_objective_and_pruner_are_validated(tmp_path, top, message):
