@@ -15,7 +15,7 @@ import optuna
 from lorasweep.records import Gap, forget_of, has_record, objective_attr, study_gaps, trial_gaps
 from lorasweep.replicates import REPLICATE_OF, REPLICATE_SEED, is_replicate
 from lorasweep.search_options import MEMORY_OBJECTIVES
-from lorasweep.study import best_trials
+from lorasweep.study import best_trials, over_budget
 
 COST_ATTRS = ("trainable_params", "peak_mem_bytes", "tokens_per_s")
 
@@ -25,7 +25,7 @@ class Row:
     """One completed configuration, as the report reads it: its trial and the trial's replicates."""
 
     number: int  # the trial that searched it
-    method: str
+    method: str  # the method as the report groups it: with a LoRA init, LoRA+ or PEFT type (variant)
     learning_rate: float
     rank: int | None
     targets: str | None
@@ -57,7 +57,7 @@ def leader(rows: list[Row]) -> Row:
 
 def rows_of(study: optuna.Study) -> list[Row]:
     """The completed configurations the comparison can read: those with a config and a forget
-    value, each with the seeds of its completed replicates."""
+    value, within any memory budget, each with the seeds of its completed replicates."""
     compare = compare_of(study)
     replicas: dict[int, dict[int, optuna.trial.FrozenTrial]] = defaultdict(dict)
     for t in _compared(study):  # one per seed: two commands may have run the same seed
@@ -74,7 +74,7 @@ def rows_of(study: optuna.Study) -> list[Row]:
         rows.append(
             Row(
                 t.number,
-                c["method"],
+                variant(c),
                 c["learning_rate"],
                 c.get("rank") if adapter else None,
                 c.get("target_modules") if adapter else None,
@@ -102,11 +102,6 @@ def memory_metric(study: optuna.Study) -> str | None:
     if asked in MEMORY_OBJECTIVES:
         return MEMORY_OBJECTIVES[asked]
     return "peak_memory_gb" if study.user_attrs.get("memory_budget_gb") is not None else None
-
-
-def over_budget(trial: optuna.trial.FrozenTrial) -> bool:
-    """Whether the trial's peak memory (or, untrained, its estimate) exceeded the study's budget."""
-    return trial.constraints.get("memory", 0.0) > 0
 
 
 def matched(rows: list[Row], tolerance: float | None) -> tuple[dict[Any, list[Row]], float | None]:
@@ -142,6 +137,22 @@ def arm_of(trial: optuna.trial.FrozenTrial, compare: str) -> Any:
     return trial.user_attrs.get("arm", config.get(compare) if isinstance(config, dict) else None)
 
 
+def variant(config: dict) -> str:
+    """The method a configuration trains, as the report groups and plots it: a LoRA method with its
+    initialisation and LoRA+ ratio where not the default ("lora pissa lora+16"), a PEFT method by
+    its type ("peft OFT"). Each has its own LR scale, so no curve or best LR mixes them; plain LoRA
+    is "lora", which the published claims are about."""
+    method = config.get("method")
+    if method == "peft":
+        return f"peft {(config.get('peft_config') or {}).get('peft_type')}"
+    init, ratio = config.get("init_lora_weights"), config.get("loraplus_lr_ratio")
+    return " ".join(
+        [str(method)]
+        + ([init] if init not in (None, "default") else [])
+        + ([f"lora+{ratio:g}"] if ratio is not None else [])
+    )
+
+
 def describe(config: dict) -> str:
     """A configuration in a few words: method, rank, alpha, targets, learning rate."""
     if config.get("method") == "full":
@@ -167,8 +178,12 @@ def _configured(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def _compared(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """The completed trials the comparison reads: with a forget value, within any memory budget."""
-    return [t for t in _configured(study) if forget_of(t) is not None and not over_budget(t)]
+    """The completed trials the comparison reads: with a forget value, and within any memory
+    budget where they searched a configuration (a replicate is a seed of its configuration, which
+    its searching trial's memory judges)."""
+    return [
+        t for t in _configured(study) if forget_of(t) is not None and (is_replicate(t) or not over_budget(t))
+    ]
 
 
 def gaps(study: optuna.Study, tolerance: float | None = None) -> list[Gap]:

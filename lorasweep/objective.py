@@ -120,7 +120,7 @@ def make_objective(
                     f"duplicate of trial {earlier.number}: a completed configuration is not trained again",
                 )
             if question.memory_budget_gb is not None:
-                over_budget(trial, config, question.memory_budget_gb)
+                prune_over_budget(trial, config, question.memory_budget_gb)
             result = run_trial(config, on_step=on_step, on_eval=on_eval, cache_dir=cache_dir)
         except TRIAL_FAILURES as err:
             trial.set_user_attr("fail_reason", f"{err.__class__.__name__}: {err}")
@@ -168,7 +168,7 @@ def constraints(question: Question, result: TrialResult) -> dict[str, float]:
     return found
 
 
-def over_budget(trial: optuna.Trial, config: TrialConfig, budget: float) -> None:
+def prune_over_budget(trial: optuna.Trial, config: TrialConfig, budget: float) -> None:
     """Prune, untrained, a trial whose memory estimate exceeds the budget: recorded infeasible by
     as much as the estimate exceeds it, so the sampler learns where the budget ends."""
     expected = expected_memory(config)
@@ -180,7 +180,8 @@ def over_budget(trial: optuna.Trial, config: TrialConfig, budget: float) -> None
     prune(
         trial,
         0,
-        f"memory estimate {expected.describe()} exceeds memory_budget_gb {budget:g}: not trained",
+        f"memory estimate {expected.total / GiB:.3g} GiB ({expected.describe()}) exceeds "
+        f"memory_budget_gb {budget:g}: not trained",
     )
 
 

@@ -10,6 +10,7 @@ pruner. Which trials get replicates, and how many: confirm.py.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,7 +45,13 @@ def replicate_seed(trial: FrozenTrial) -> int | None:
 
 
 class _StudyWithoutReplicates:
-    """The study as a sampler reads it: every trial but the replicates; all else is the study's."""
+    """The study as a sampler reads it: every trial but the replicates; all else is the study's.
+
+    A pruned trial of a multi-objective study shows no intermediate values: lorasweep records them
+    there for the dashboard's learning curves (optuna_private.report), but Optuna's samplers read a
+    pruned trial's curve by the study's single direction, which such a study has not (TPE raised
+    RuntimeError at its first dominance-pruned trial after the startup trials).
+    """
 
     def __init__(self, study: optuna.Study) -> None:
         self._study = study
@@ -56,7 +63,8 @@ class _StudyWithoutReplicates:
         self, deepcopy: bool = True, states: Sequence[TrialState] | None = None, use_cache: bool = False
     ) -> list[FrozenTrial]:
         trials = self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
-        return [t for t in trials if not is_replicate(t)]
+        multi = len(self._study.directions) > 1
+        return [_without_curve(t) if multi else t for t in trials if not is_replicate(t)]
 
     def get_trials(
         self, deepcopy: bool = True, states: Sequence[TrialState] | None = None
@@ -66,6 +74,15 @@ class _StudyWithoutReplicates:
     @property
     def trials(self) -> list[FrozenTrial]:
         return self.get_trials()
+
+
+def _without_curve(trial: FrozenTrial) -> FrozenTrial:
+    """A pruned trial as a multi-objective study's sampler reads it: without intermediate values."""
+    if trial.state != TrialState.PRUNED or not trial.intermediate_values:
+        return trial
+    shown = copy.copy(trial)  # the study's cached trial stays as it is
+    shown.intermediate_values = {}
+    return shown
 
 
 class WithoutReplicates(optuna.samplers.BaseSampler):

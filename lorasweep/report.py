@@ -25,7 +25,6 @@ from lorasweep.analysis import (
     critical_mixture_ratio,
     gaps,
     memory_metric,
-    over_budget,
     plural,
     rows_of,
     study_front,
@@ -35,7 +34,7 @@ from lorasweep.plots import MEMORY_LABELS, plot, write_html
 from lorasweep.records import value_names
 from lorasweep.replicates import is_replicate
 from lorasweep.search_options import MEMORY_OBJECTIVES
-from lorasweep.study import objective_of
+from lorasweep.study import objective_of, over_budget
 from lorasweep.validation import ConfigError
 from lorasweep.verdict import verdict
 
@@ -136,6 +135,15 @@ def _memory_question(study: optuna.Study) -> list[str]:
         name = MEMORY_OBJECTIVES[study.user_attrs["memory_objective"]]
         lines.append(f"Third objective: {MEMORY_LABELS[name]}, minimised; the front below is over all three.")
     budget = study.user_attrs.get("memory_budget_gb")
+    sources = Counter(t.user_attrs.get("peak_memory_source") for t in study.trials if t.state.is_finished())
+    sources.pop(None, None)
+    if (lines or budget is not None) and (len(sources) > 1 or "resident" in sources):
+        lines.append(
+            "Peak memory here comes from "
+            + ", ".join(f"{n} {source}" for source, n in sorted(sources.items()))
+            + " (trial attr peak_memory_source): measured on a GPU, estimated on a CPU, and a CPU's "
+            "resident memory where there was no estimate, which measures the process, not the method."
+        )
     if budget is not None:
         over = [t for t in study.trials if over_budget(t)]
         untrained = sum(t.state == optuna.trial.TrialState.PRUNED for t in over)
@@ -214,7 +222,7 @@ def _cost(rows: list[Row]) -> list[str]:
             ]
         )
     return ["", "## Cost (median per method)", ""] + _table(
-        ["method", "trainable params", "peak memory MiB", "tokens/s", "trials"], table
+        ["method", "trainable params", "measured peak MiB (resident on a CPU)", "tokens/s", "trials"], table
     )
 
 

@@ -102,7 +102,7 @@ def parse_objective(raw: dict[str, Any], src: str) -> Question:
     if objective == "constrained" and tolerance is None:
         raise ConfigError(f"{src}: objective 'constrained' needs forget_tolerance (nats/token)")
     memory = raw.get("memory_objective")
-    if memory is not None and memory not in MEMORY_OBJECTIVES:
+    if memory is not None and (not isinstance(memory, str) or memory not in MEMORY_OBJECTIVES):
         raise ConfigError(
             f"{src}: memory_objective '{memory}' is unknown (allowed: {', '.join(MEMORY_OBJECTIVES)})"
         )

@@ -79,12 +79,25 @@ def open_study(
     return study
 
 
+def over_budget(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether the trial's peak memory (or, untrained, its estimate) exceeded the study's budget."""
+    return trial.constraints.get("memory", 0.0) > 0
+
+
+def out_of_budget(trials: list[optuna.trial.FrozenTrial]) -> bool:
+    """Whether an arm's trials say it does not fit the memory budget: two or more finished, every
+    one over it (its fixed fields alone may exceed the budget, e.g. full FT's weights)."""
+    done = [t for t in trials if t.state.is_finished()]
+    return len(done) >= 2 and all(over_budget(t) for t in done)
+
+
 def queue_arm(study: optuna.Study, space: SearchSpace) -> bool:
     """Queue the next trial's arm (value of the space's `compare` param), the rest to be sampled.
 
     The rule: the arm with the fewest trials goes next, ties in the order of its choices. Every
     trial of an arm counts, whatever its state (baselines and pruned duplicates included), except
-    a failed one that heartbeats queued again (its retry counts instead). Nothing is queued while
+    a failed one that heartbeats queued again (its retry counts instead). An arm whose finished
+    trials were all over the memory budget (two or more) gets no more (out_of_budget). Nothing is queued while
     trials wait in Optuna's queue (baselines, retries): they run first and count when they do.
     Call it where no other process can start a trial in between (workers.run_trials holds the
     claim lock). Returns True: a search run always has a trial to start.
@@ -94,13 +107,16 @@ def queue_arm(study: optuna.Study, space: SearchSpace) -> bool:
     if not arms or any(t.state == optuna.trial.TrialState.WAITING for t in trials):
         return True
     retried = {n for t in trials for n in optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(t)}
-    counts = dict.fromkeys(arms, 0)
+    of_arm: dict[Any, list[optuna.trial.FrozenTrial]] = {a: [] for a in arms}
     for t in trials:
         arm = t.user_attrs.get("arm", t.params.get(space.compare))
         retry = t.state == optuna.trial.TrialState.FAIL and t.number in retried
-        if arm in counts and not retry and not is_replicate(t):
-            counts[arm] += 1
-    arm = min(arms, key=lambda a: counts[a])  # min keeps the first of equal counts
+        if arm in of_arm and not retry and not is_replicate(t):
+            of_arm[arm].append(t)
+    fitting = [a for a in arms if not out_of_budget(of_arm[a])]
+    if not fitting:  # no arm fits the budget: the sampler alone chooses
+        return True
+    arm = min(fitting, key=lambda a: len(of_arm[a]))  # min keeps the first of equal counts
     study.enqueue_trial({space.compare: arm}, user_attrs={"arm": arm})
     return True
 

@@ -14,13 +14,15 @@ cannot win or lose.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
 
-from lorasweep.analysis import Row, compare_of, describe, leader, matched, rows_of
-from lorasweep.replicates import REPLICATE_OF, diverged
+from lorasweep.analysis import Row, arm_of, compare_of, describe, leader, matched, plural, rows_of
+from lorasweep.replicates import REPLICATE_OF, diverged, is_replicate
+from lorasweep.study import over_budget
 from lorasweep.uncertainty import LEVEL, Estimate, estimate, welch_p
 
 METHOD_NAMES = {
@@ -54,10 +56,12 @@ class Verdict:
     bar: float | None  # the equal-forgetting bar (analysis.matched); None with fewer than 2 arms
     arms: list[ArmResult]  # by mean learn, highest first
     missing: list[str]  # arms with no completed configuration (within the tolerance)
+    over_budget: dict[str, int]  # of the missing arms, those with trials over the memory budget: how many
     winner: str | None  # the arm better on one metric beyond seed noise and not worse on the other
     learn_p: float | None  # Welch's t-test between the first two arms (None: one seed on a side)
     forget_p: float | None
     lines: list[str]
+    budget: float | None = None  # the study's memory_budget_gb (GiB per device)
 
 
 def arm_name(compare: str, arm: Any) -> str:
@@ -77,6 +81,9 @@ def verdict(study: optuna.Study, tolerance: float | None = None) -> Verdict:
     ]
     arms.sort(key=lambda a: -a.learn.mean)
     missing = [arm_name(compare, arm) for arm in expected if arm not in groups]
+    over = Counter(
+        arm_name(compare, arm_of(t, compare)) for t in trials if over_budget(t) and not is_replicate(t)
+    )
     learn_p = forget_p = None
     winner = None
     if len(arms) >= 2:
@@ -91,7 +98,9 @@ def verdict(study: optuna.Study, tolerance: float | None = None) -> Verdict:
                 winner = a.name
             elif learns <= 0 and keeps <= 0 and learns + keeps < 0:
                 winner = b.name
-    found = Verdict(compare, tolerance, bar, arms, missing, winner, learn_p, forget_p, [])
+    unfit = {name: over[name] for name in missing if over[name]}
+    budget = study.user_attrs.get("memory_budget_gb")
+    found = Verdict(compare, tolerance, bar, arms, missing, unfit, winner, learn_p, forget_p, [], budget)
     found.lines = _lines(found)
     return found
 
@@ -132,7 +141,8 @@ def _represent(
 
 def _lines(v: Verdict) -> list[str]:
     within = "" if v.tolerance is None else f"; within forget <= {v.tolerance:g}"
-    lines = [f"Verdict on {v.compare} (learn and forget as mean ± sd over seeds{within}):"]
+    fits = "" if v.budget is None else f"; peak memory <= {v.budget:g} GiB"
+    lines = [f"Verdict on {v.compare} (learn and forget as mean ± sd over seeds{within}{fits}):"]
     if v.bar is not None:
         lines.append(
             f"Compared at equal forgetting: each at its best learner with forget <= {v.bar:+.3f}, "
@@ -150,7 +160,14 @@ def _lines(v: Verdict) -> list[str]:
             f"learn {a.learn.text()}, forget {a.forget.text(signed=True)}"
         )
     for name in v.missing:
-        lines.append(f"- {name}: no completed configuration{' within the tolerance' if within else ''} yet")
+        if name in v.over_budget:
+            lines.append(
+                f"- {name}: none within the memory budget ({plural(v.over_budget[name], 'trial')} over it)"
+            )
+        else:
+            lines.append(
+                f"- {name}: no completed configuration{' within the tolerance' if within else ''} yet"
+            )
     lines.append("")
     if len(v.arms) >= 2:
         lines.append(_difference(v))
@@ -160,7 +177,7 @@ def _lines(v: Verdict) -> list[str]:
                 f"{a.name}'s trial {a.better_single.number} learned {a.better_single.learn:.3f} with one "
                 f"seed, more than the mean above: lorasweep confirm --top 2 replicates it."
             )
-    if v.missing:
+    if set(v.missing) - set(v.over_budget):
         lines.append("Every arm needs a completed configuration: lorasweep optimize adds trials.")
     if any(a.learn.n == 1 for a in v.arms[:2]):
         lines.append("Seed noise is not measured on every arm: lorasweep confirm replicates the leaders.")
@@ -220,6 +237,7 @@ def summary(v: Verdict) -> dict[str, Any]:
             for a in v.arms
         ],
         "missing": v.missing,
+        "over_budget": v.over_budget,
         "text": v.lines,
     }
 

@@ -129,6 +129,7 @@ def test_a_plain_optuna_study_is_read_without_our_attrs(tmp_path, cache_dir):
             "pruner 'dominance' compares (learn, forget) points and cannot weigh a third objective",
         ),
         ({"memory_budget_gb": 0}, "field 'memory_budget_gb' is 0.0; allowed: a number of GiB > 0"),
+        ({"memory_objective": ["peak_memory"]}, "memory_objective '['peak_memory']' is unknown (allowed: "),
         ({"memory_budget_gb": "lots"}, "'memory_budget_gb' is 'lots'"),
     ],
 )

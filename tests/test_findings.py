@@ -1,7 +1,7 @@
 """The claims' verdicts with seed noise, on constructed configurations (docs/claims.md)."""
 
-from lorasweep.analysis import Row
-from lorasweep.findings import CONFIRMS, CONTRADICTS, NOISE, UNMEASURED, findings
+from lorasweep.analysis import Row, variant
+from lorasweep.findings import CONFIRMS, CONTRADICTS, NOISE, NOT_ENOUGH, UNMEASURED, findings
 
 
 def row(number, method, lr, seeds, rank=None, targets=None, replay=0.0) -> Row:
@@ -147,3 +147,18 @@ def test_sqrt_scaling_is_judged_on_the_spread_over_batch_sizes():
     assert found.evidence == "learn range over batch sizes: sqrt 0.030, none 0.300"
     rows[0] = lora_row(0, [(0.70, 0.5), (0.50, 0.5)], lr_scaling="none", batch_size=8)  # sd 0.14
     assert by_claim(rows)[claim].verdict == NOISE
+
+
+def test_lora_with_another_init_lora_plus_or_a_peft_type_is_a_method_of_its_own():
+    assert variant({"method": "lora", "init_lora_weights": "default"}) == "lora"
+    assert (
+        variant({"method": "lora", "init_lora_weights": "pissa", "loraplus_lr_ratio": 16.0})
+        == "lora pissa lora+16"
+    )
+    assert variant({"method": "dora", "init_lora_weights": "gaussian"}) == "dora gaussian"
+    assert variant({"method": "peft", "peft_config": {"peft_type": "OFT", "r": 8}}) == "peft OFT"
+    # the claims read plain LoRA: a PiSSA configuration does not make all-linear beat q,v
+    pissa = row(0, "lora pissa", 3e-3, [(0.90, 0.5)], 16, "all-linear")
+    qv = row(1, "lora", 3e-3, [(0.60, 0.5)], 16, "qv")
+    assert by_claim([pissa, qv])[ALL_LINEAR].verdict == NOT_ENOUGH
+    assert "Within lora pissa, a higher LR forgets more" in by_claim([pissa, qv])

@@ -30,7 +30,7 @@ def test_a_memory_budget_leaves_out_untrained_what_cannot_fit_and_the_front_is_o
         assert t.state == optuna.trial.TrialState.PRUNED and "learn" not in t.user_attrs
         estimate = t.user_attrs["memory_estimate_bytes"] / GiB
         assert t.constraints["memory"] == pytest.approx(estimate - BUDGET) and estimate > BUDGET
-        assert t.user_attrs["prune_reason"].startswith("memory estimate about 0.0 GiB")
+        assert t.user_attrs["prune_reason"].startswith(f"memory estimate {estimate:.3g} GiB (about 0.0 GiB")
         assert "exceeds memory_budget_gb 0.0029: not trained" in t.user_attrs["prune_reason"]
     for t in lora:  # trained; on a CPU the memory objective reads the estimate
         assert t.state == optuna.trial.TrialState.COMPLETE
@@ -55,6 +55,8 @@ def test_a_memory_budget_leaves_out_untrained_what_cannot_fit_and_the_front_is_o
     assert "Third objective: peak memory GiB, minimised" in text
     assert "Memory budget: 0.0029 GiB per device" in text
     assert f"{len(full)} not trained: their estimate was over" in text
+    assert f"- full FT: none within the memory budget ({len(full)} trial" in text
+    assert "lorasweep optimize adds trials" not in text  # more trials would not bring full FT within it
     assert (
         "| learn | forget | peak memory GiB | seeds |" in text
         and "![learn / peak memory GiB](memory.png)" in text
@@ -82,3 +84,15 @@ def test_a_constrained_study_takes_a_budget_beside_its_forget_tolerance(tmp_path
     assert set(lora.constraints) == {"forget", "memory"}
     assert lora.constraints["forget"] == pytest.approx(lora.user_attrs["forget"] - 10.0)
     assert best_trials(study) == [lora]
+
+
+def test_compared_arms_stop_queueing_an_arm_whose_trials_are_all_over_the_budget(
+    tmp_path, cache_dir, prepared
+):
+    space = write_space(tmp_path, memory_budget_gb=BUDGET, compare="method")
+    study = load_study(optimize(tmp_path, space, "--n-trials", "7"), None)
+    methods = [t.params["method"] for t in study.trials]
+    # the baselines (full, lora), then turns (lora first of equal counts) until two full trials
+    # have been over the budget; LoRA for the rest
+    assert methods == ["full", "lora", "lora", "full", "lora", "lora", "lora"], methods
+    assert all(t.constraints["memory"] > 0 for t in study.trials if t.params["method"] == "full")

@@ -22,6 +22,27 @@ def test_dominance_needs_both_objectives_at_least_as_good_and_one_better():
     assert not dominates((0.6, 0.3), (0.4, 0.2))  # more learning but more forgetting: a trade-off
 
 
+def test_tpe_goes_on_past_pruned_trials_of_a_pareto_study_that_recorded_learning_curves():
+    # the objective records a pareto trial's intermediate learn (for the dashboard) and the dominance
+    # pruner then prunes it; TPE read such a trial by a single direction and raised
+    from lorasweep.optuna_private import report
+    from lorasweep.replicates import WithoutReplicates
+
+    sampler = WithoutReplicates(optuna.samplers.TPESampler(n_startup_trials=2, seed=0))
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+
+    def objective(trial):
+        x = trial.suggest_float("x", 0, 1)
+        report(trial, 1, x)
+        if trial.number % 2:
+            raise optuna.TrialPruned()
+        return x, x
+
+    study.optimize(objective, n_trials=8)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "PRUNED"] * 4
+    assert all(t.intermediate_values == {1: t.params["x"]} for t in study.trials)  # kept for the dashboard
+
+
 def test_points_are_compared_at_the_same_evaluation_point():
     # (0.45, 0.25) is dominated by trials 0 and 1 at point 1; at point 2 only by trial 1, since
     # trial 0 (0.7, 0.3) learned more but also forgot more: a trade-off, not dominance
