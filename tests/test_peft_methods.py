@@ -23,7 +23,7 @@ SPACE = {
         "learning_rate": 1e-2,
     },
     "params": {
-        "peft_type": {"field": "peft_config.peft_type", "choices": ["OFT", "VERA"]},
+        "peft_type": {"field": "peft_config.peft_type", "choices": ["OFT", "VERA", "MISS"]},
         "oft_block_size": {
             "field": "peft_config.oft_block_size",
             "choices": [0],
@@ -31,10 +31,12 @@ SPACE = {
         },
         "oft_r": {"field": "peft_config.r", "type": "int", "low": 2, "high": 8, "when": {"peft_type": "OFT"}},
         "vera_r": {"field": "peft_config.r", "choices": [16, 32], "when": {"peft_type": "VERA"}},
+        "miss_r": {"field": "peft_config.r", "choices": [4], "when": {"peft_type": "MISS"}},
     },
     "baselines": [
         {"peft_config.peft_type": "OFT", "peft_config.oft_block_size": 0, "peft_config.r": 4},
         {"peft_config.peft_type": "VERA", "peft_config.r": 16},
+        {"peft_config.peft_type": "MISS", "peft_config.r": 4},
     ],
 }
 
@@ -43,25 +45,29 @@ SPACE = {
 def study(tmp_path_factory, cache_dir):
     path = tmp_path_factory.mktemp("peft")
     (path / "space.yaml").write_text(yaml.safe_dump(SPACE, sort_keys=False))
-    return path, optimize(path, "space.yaml", "--n-trials", "2")
+    return path, optimize(path, "space.yaml", "--n-trials", "3")
 
 
 def test_a_study_searches_peft_methods_and_their_options(study):
     _, url = study
     trials = optuna.load_study(study_name="default", storage=url).trials
-    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
-    oft, vera = (t.user_attrs for t in trials)
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    oft, vera, miss = (t.user_attrs for t in trials)
+    assert miss["config"]["peft_config"] == {"peft_type": "MISS", "r": 4}
     assert oft["config"]["peft_config"] == {"peft_type": "OFT", "oft_block_size": 0, "r": 4}
     assert vera["config"]["peft_config"] == {"peft_type": "VERA", "r": 16}
     assert oft["trainable_params"] != vera["trainable_params"]
-    for attrs in (oft, vera):
+    for attrs in (oft, vera, miss):
         assert attrs["target_modules_resolved"] == sorted(
             ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
         )  # the all-linear preset, mapped as for LoRA
         assert attrs["optimizer_state_bytes"] == attrs["memory_estimate"]["optimizer"]
 
 
-def test_an_exported_peft_method_loads_with_plain_peft_and_scores_the_recorded_learn(study, tmp_path):
+@pytest.mark.parametrize(("number", "kind"), [(0, "OFT"), (1, "VERA"), (2, "MISS")])
+def test_an_exported_peft_method_loads_with_plain_peft_and_scores_the_recorded_learn(
+    study, tmp_path, number, kind
+):
     from peft import PeftModel
     from test_reproduce import exact_match
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -70,12 +76,12 @@ def test_an_exported_peft_method_loads_with_plain_peft_and_scores_the_recorded_l
     from lorasweep.world import build_world
 
     path, url = study
-    out = tmp_path / "oft"
-    result = invoke("export", "--trial", "0", "--out", str(out), "--storage", url, cwd=path)
+    out = tmp_path / kind
+    result = invoke("export", "--trial", str(number), "--out", str(out), "--storage", url, cwd=path)
     assert result.returncode == 0, result.stderr
     adapter = json.loads((out / "adapter_config.json").read_text())
-    assert adapter["peft_type"] == "OFT"
-    recorded = optuna.load_study(study_name="default", storage=url).trials[0].user_attrs
+    assert adapter["peft_type"] == kind
+    recorded = optuna.load_study(study_name="default", storage=url).trials[number].user_attrs
     model = PeftModel.from_pretrained(
         AutoModelForCausalLM.from_pretrained(adapter["base_model_name_or_path"]), out
     )
