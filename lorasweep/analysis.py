@@ -149,7 +149,8 @@ def variant(config: dict) -> str:
     return " ".join(
         [str(method)]
         + ([init] if init not in (None, "default") else [])
-        + ([f"lora+{ratio:g}"] if ratio is not None else [])
+        # at ratio 1 LoRA+ trains every LoRA matrix at the one LR, as plain LoRA does
+        + ([f"lora+{ratio:g}"] if ratio not in (None, 1.0) else [])
     )
 
 

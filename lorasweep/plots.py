@@ -4,6 +4,7 @@ Optuna's interactive HTML plots of the study (optuna.visualization), written int
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import optuna
@@ -23,7 +24,7 @@ def plot(rows: list[Row], out: Path, memory: str | None = None, budget: float | 
     import matplotlib.pyplot as plt
 
     methods = sorted({r.method for r in rows})
-    colours = dict(zip(methods, plt.cm.tab10.colors))
+    colours = dict(zip(methods, itertools.cycle(plt.cm.tab20.colors)))  # a space may have 20+ variants
     files = []
 
     fig, ax = plt.subplots(figsize=(6, 4.5))

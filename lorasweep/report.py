@@ -145,7 +145,7 @@ def _memory_question(study: optuna.Study) -> list[str]:
             "resident memory where there was no estimate, which measures the process, not the method."
         )
     if budget is not None:
-        over = [t for t in study.trials if over_budget(t)]
+        over = [t for t in study.trials if over_budget(t) and not is_replicate(t)]
         untrained = sum(t.state == optuna.trial.TrialState.PRUNED for t in over)
         lines.append(
             f"Memory budget: {budget:g} GiB per device (peak memory: measured on a GPU, estimated on a "

@@ -85,10 +85,12 @@ def over_budget(trial: optuna.trial.FrozenTrial) -> bool:
 
 
 def out_of_budget(trials: list[optuna.trial.FrozenTrial]) -> bool:
-    """Whether an arm's trials say it does not fit the memory budget: two or more finished, every
-    one over it (its fixed fields alone may exceed the budget, e.g. full FT's weights)."""
+    """Whether an arm's trials say it can never fit the memory budget: two or more finished, every
+    one over it, all with the same memory estimate (what the arm samples does not change its
+    memory: its fixed fields alone exceed the budget, e.g. full FT's weights and states)."""
     done = [t for t in trials if t.state.is_finished()]
-    return len(done) >= 2 and all(over_budget(t) for t in done)
+    estimates = {t.user_attrs.get("memory_estimate_bytes") for t in done}
+    return len(done) >= 2 and all(over_budget(t) for t in done) and len(estimates) == 1
 
 
 def queue_arm(study: optuna.Study, space: SearchSpace) -> bool:
@@ -97,7 +99,8 @@ def queue_arm(study: optuna.Study, space: SearchSpace) -> bool:
     The rule: the arm with the fewest trials goes next, ties in the order of its choices. Every
     trial of an arm counts, whatever its state (baselines and pruned duplicates included), except
     a failed one that heartbeats queued again (its retry counts instead). An arm whose finished
-    trials were all over the memory budget (two or more) gets no more (out_of_budget). Nothing is queued while
+    trials were all over the memory budget at one estimate (two or more) gets no more
+    (out_of_budget). Nothing is queued while
     trials wait in Optuna's queue (baselines, retries): they run first and count when they do.
     Call it where no other process can start a trial in between (workers.run_trials holds the
     claim lock). Returns True: a search run always has a trial to start.

@@ -14,7 +14,7 @@ cannot win or lose.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,9 +81,10 @@ def verdict(study: optuna.Study, tolerance: float | None = None) -> Verdict:
     ]
     arms.sort(key=lambda a: -a.learn.mean)
     missing = [arm_name(compare, arm) for arm in expected if arm not in groups]
-    over = Counter(
-        arm_name(compare, arm_of(t, compare)) for t in trials if over_budget(t) and not is_replicate(t)
-    )
+    finished = defaultdict(list)  # each arm's searching trials that ended, for the budget's word
+    for t in trials:
+        if t.state.is_finished() and not is_replicate(t):
+            finished[arm_name(compare, arm_of(t, compare))].append(t)
     learn_p = forget_p = None
     winner = None
     if len(arms) >= 2:
@@ -98,7 +99,11 @@ def verdict(study: optuna.Study, tolerance: float | None = None) -> Verdict:
                 winner = a.name
             elif learns <= 0 and keeps <= 0 and learns + keeps < 0:
                 winner = b.name
-    unfit = {name: over[name] for name in missing if over[name]}
+    unfit = {  # arms missing because every trial they ran was over the memory budget
+        name: len(finished[name])
+        for name in missing
+        if finished[name] and all(over_budget(t) for t in finished[name])
+    }
     budget = study.user_attrs.get("memory_budget_gb")
     found = Verdict(compare, tolerance, bar, arms, missing, unfit, winner, learn_p, forget_p, [], budget)
     found.lines = _lines(found)
@@ -162,7 +167,7 @@ def _lines(v: Verdict) -> list[str]:
     for name in v.missing:
         if name in v.over_budget:
             lines.append(
-                f"- {name}: none within the memory budget ({plural(v.over_budget[name], 'trial')} over it)"
+                f"- {name}: none within the memory budget (all its {plural(v.over_budget[name], 'trial')} over it)"
             )
         else:
             lines.append(

@@ -151,6 +151,7 @@ def test_sqrt_scaling_is_judged_on_the_spread_over_batch_sizes():
 
 def test_lora_with_another_init_lora_plus_or_a_peft_type_is_a_method_of_its_own():
     assert variant({"method": "lora", "init_lora_weights": "default"}) == "lora"
+    assert variant({"method": "lora", "loraplus_lr_ratio": 1.0}) == "lora"  # LoRA+ at ratio 1 is plain
     assert (
         variant({"method": "lora", "init_lora_weights": "pissa", "loraplus_lr_ratio": 16.0})
         == "lora pissa lora+16"

@@ -55,7 +55,7 @@ def test_a_memory_budget_leaves_out_untrained_what_cannot_fit_and_the_front_is_o
     assert "Third objective: peak memory GiB, minimised" in text
     assert "Memory budget: 0.0029 GiB per device" in text
     assert f"{len(full)} not trained: their estimate was over" in text
-    assert f"- full FT: none within the memory budget ({len(full)} trial" in text
+    assert f"- full FT: none within the memory budget (all its {len(full)} trial" in text
     assert "lorasweep optimize adds trials" not in text  # more trials would not bring full FT within it
     assert (
         "| learn | forget | peak memory GiB | seeds |" in text

@@ -7,6 +7,7 @@ from conftest import invoke, optimize
 
 from lorasweep.analysis import Row, critical_mixture_ratio, front, spearman
 from lorasweep.findings import findings
+from lorasweep.plots import plot
 
 
 def row(number, method, lr, learn, forget, rank=None, targets=None, replay=0.0):
@@ -153,3 +154,16 @@ def test_report_of_a_replay_study_estimates_the_critical_mixture_ratio(
     text = (tmp_path / "results" / "default" / "report.md").read_text()
     assert "## Replay" in text and "Estimated critical mixture ratio" in text
     assert (tmp_path / "results" / "default" / "replay.png").exists()
+
+
+def test_plots_take_more_methods_than_a_palette_has_colours(tmp_path):
+    # a space of LoRA inits x LoRA+ ratios and PEFT types makes 20 or more variants
+    rows = [
+        Row(i, f"lora variant{i}", 1e-3 * (1 + i), 8, "qv", 0.0, 0.1 * (i % 7), 0.05 * i, 1000 * i, 0, 1.0)
+        for i in range(23)
+    ]
+    for r in rows:
+        r.peak_memory_gb = 0.01 * (1 + r.number)
+    files = plot(rows, tmp_path, "peak_memory_gb", budget=0.1)
+    assert [f.name for f in files] == ["pareto.png", "lr.png", "memory.png"]
+    assert all(f.stat().st_size > 0 for f in files)
