@@ -18,12 +18,18 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
 from lorasweep.data import IGNORE, Batch
 from lorasweep.world import Probe
+
+# fp32 logits one evaluation forward may produce: a batch (prepare.EVAL_BATCH_SIZE rows) whose
+# logits would take more is run a few rows at a time. 128 rows of 1,024 tokens over a 128k
+# vocabulary would be ~67 GB of fp32 logits, ~170 GB with the loss's copies; the embedded world's
+# batches are far below it, so their numbers do not change.
+EVAL_LOGITS_BYTES = 2**29
 
 
 def mean_loss(model, batches: Sequence[Batch]) -> float:
@@ -36,8 +42,7 @@ def mean_loss(model, batches: Sequence[Batch]) -> float:
 def row_losses(model, batches: Sequence[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed NLL (float64) and scored-token count of every row, so any subset's mean can be formed."""
     nlls, counts = [], []
-    for batch in batches:
-        logits, labels = _forward(model, batch)
+    for logits, labels in _forwards(model, batches):
         scored = labels != IGNORE
         nll = torch.nn.functional.cross_entropy(
             logits.float().transpose(1, 2), labels.masked_fill(~scored, 0), reduction="none"
@@ -52,13 +57,29 @@ def exact_match(model, batches: Sequence[Batch]) -> float:
     """Share of rows whose every scored token is the model's argmax prediction."""
     correct = torch.zeros((), dtype=torch.long)
     rows = 0
-    for batch in batches:
-        logits, labels = _forward(model, batch)
+    for logits, labels in _forwards(model, batches):
         scored = labels != IGNORE
         hit = (logits.argmax(-1) == labels) | ~scored
         correct += hit.all(dim=1).sum().cpu()
         rows += labels.shape[0]
     return float(correct) / max(rows, 1)
+
+
+def _forwards(model, batches: Sequence[Batch]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """`_forward` over the batches, each in row chunks whose fp32 logits fit EVAL_LOGITS_BYTES."""
+    config = getattr(model, "config", None)  # a model without a flat vocab_size: its output layer's
+    vocab = getattr(config, "vocab_size", None) or model.get_output_embeddings().weight.shape[0]
+    for batch in batches:
+        rows, length = batch.input_ids.shape
+        step = max(1, EVAL_LOGITS_BYTES // (length * vocab * 4))
+        if step >= rows:
+            yield _forward(model, batch)
+            continue
+        for start in range(0, rows, step):
+            part = slice(start, start + step)
+            yield _forward(
+                model, Batch(batch.input_ids[part], batch.attention_mask[part], batch.labels[part])
+            )
 
 
 def _forward(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

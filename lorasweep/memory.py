@@ -28,8 +28,9 @@ Peak = weights + optimizer states + the larger of activations and gradients: bac
 layer's activations as it fills that layer's gradients, and each step frees the gradients
 (`zero_grad(set_to_none=True)`) before the next forward; with grad_accum > 1 the gradients are held
 while the next micro-batch's activations are saved, so both count. Evaluation (no gradients, up to
-128 rows a batch) is not counted. BENCHMARKS.md ("Memory estimate") compares the estimate with the
-live tensors of trials.
+128 rows a batch, run a few rows at a time where their fp32 logits would pass 512 MiB:
+evaluate.EVAL_LOGITS_BYTES) is not counted. BENCHMARKS.md ("Memory estimate") compares the
+estimate with the live tensors of trials.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ import torch
 
 from lorasweep.config import TrialConfig
 from lorasweep.data import IGNORE, Batch
-from lorasweep.evaluate import exact_match, mean_loss
+from lorasweep.evaluate import exact_match, mean_loss, row_losses
 from lorasweep.modeling import trial_model
 from lorasweep.prepare import evaluate_model
 
@@ -17,6 +17,7 @@ class FixedPredictions(torch.nn.Module):
         super().__init__()
         self.predictions = predictions
         self.vocab = vocab
+        self.config = SimpleNamespace(vocab_size=vocab)
         self.weight = torch.nn.Parameter(torch.zeros(()))
 
     def forward(self, input_ids, attention_mask=None):
@@ -61,3 +62,26 @@ def test_forget_of_unchanged_base_model_is_zero(prepared):
     # a fresh LoRA adapter starts as the identity (B = 0): nothing forgotten before training
     lora, _ = trial_model(prepared.base, TrialConfig(method="lora", rank=4, alpha=8.0), prepared.base_dir)
     assert evaluate_model(lora, prepared)["general_loss"] == prepared.base_metrics["general_loss"]
+
+
+def test_batches_whose_logits_would_be_large_are_evaluated_a_few_rows_at_a_time(prepared, monkeypatch):
+    from lorasweep import evaluate
+
+    model = copy.deepcopy(prepared.base).eval()
+    losses, hits = row_losses(model, prepared.general_heldout), exact_match(model, prepared.general_probes)
+    calls = []
+    forward = model.forward
+    monkeypatch.setattr(
+        model, "forward", lambda *a, **k: calls.append(k["input_ids"].shape[0]) or forward(*a, **k)
+    )
+    # logits of two rows at a time: a 128-row batch of a 128k vocabulary, scaled down
+    length = prepared.general_heldout[0].input_ids.shape[1]
+    monkeypatch.setattr(evaluate, "EVAL_LOGITS_BYTES", 2 * length * model.config.vocab_size * 4)
+    chunked = row_losses(model, prepared.general_heldout)
+    assert (
+        calls
+        and max(calls) == 2
+        and sum(calls) == sum(b.input_ids.shape[0] for b in prepared.general_heldout)
+    )
+    assert torch.allclose(chunked[0], losses[0], rtol=1e-5) and torch.equal(chunked[1], losses[1])
+    assert exact_match(model, prepared.general_probes) == hits
