@@ -42,15 +42,8 @@ def check(peft_config: Any) -> None:
 def build(peft_config: dict[str, Any], target_modules: list[str] | None) -> Any:
     """PEFT's config object for `peft_config`; `target_modules` (a preset's names) where the method
     takes them and the mapping gives none."""
-    cls = config_class(peft_config["peft_type"])
+    cls = check_keys(peft_config["peft_type"], peft_config)
     names = {f.name for f in dataclasses.fields(cls)}
-    for key in peft_config:
-        if key not in names or key in SET_BY_LORASWEEP:
-            allowed = sorted(names - {"peft_type", *SET_BY_LORASWEEP})
-            raise ConfigError(
-                f"field 'peft_config.{key}' is not an option of PEFT's {cls.__name__}"
-                f"{did_you_mean(key, allowed)} (allowed: {', '.join(allowed)})"
-            )
     options = {k: v for k, v in peft_config.items() if k != "peft_type"}
     if "target_modules" in names and "target_modules" not in options and target_modules is not None:
         options["target_modules"] = target_modules
@@ -59,6 +52,21 @@ def build(peft_config: dict[str, Any], target_modules: list[str] | None) -> Any:
     except Exception as err:  # noqa: BLE001 - whatever PEFT's class says of the options is the user's to fix
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ConfigError(f"field 'peft_config': PEFT's {cls.__name__} refuses it: {first}") from None
+
+
+def check_keys(peft_type: str, keys: Any) -> type:
+    """PEFT's config class for `peft_type`, after a one-line ConfigError for the first of `keys`
+    that is not one of its options (or is one lorasweep sets)."""
+    cls = config_class(peft_type)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in keys:
+        if key not in names or key in SET_BY_LORASWEEP:
+            allowed = sorted(names - {"peft_type", *SET_BY_LORASWEEP})
+            raise ConfigError(
+                f"field 'peft_config.{key}' is not an option of PEFT's {cls.__name__}"
+                f"{did_you_mean(key, allowed)} (allowed: {', '.join(allowed)})"
+            )
+    return cls
 
 
 def config_class(peft_type: str) -> type:

@@ -28,6 +28,7 @@ from typing import Any
 import optuna
 
 from lorasweep.config import TrialConfig
+from lorasweep.peft_methods import check_keys
 from lorasweep.search_options import Question, make_pruner, make_sampler, parse_objective, parse_sampler
 from lorasweep.validation import ConfigError, coerce, did_you_mean, field_kind, load_yaml, unknown
 
@@ -197,7 +198,30 @@ def _parse_params(raw: Any, config: dict[str, Any], src: str) -> list[Param]:
         param.when = _parse_when(spec.get("when"), params, where)
         params.append(param)
     _check_exclusive(params, src)
+    _check_peft_keys(params, config, src)
     return params
+
+
+def _check_peft_keys(params: list[Param], config: dict[str, Any], src: str) -> None:
+    """Where a space searches `peft_config.peft_type`: each method it chooses is one lorasweep runs,
+    and knows every key fixed under `peft_config` and every searched key that may go with it (the
+    values are PEFT's to judge, trial by trial: they may hold only in combination)."""
+    kinds = next((p for p in params if p.field == f"{PEFT_KEY}peft_type"), None)
+    if kinds is None:
+        return
+    fixed = [k for k in config.get("peft_config") or {} if k != "peft_type"]
+    for kind in kinds.choices:
+        where = f"{src}: param '{kinds.name}' choice {kind!r}"
+        if not isinstance(kind, str):
+            raise ConfigError(f"{where}: a peft_type is a name, e.g. OFT")
+        try:
+            check_keys(kind, fixed)
+            for p in params:
+                if p.field.startswith(PEFT_KEY) and p is not kinds and kind in p.when.get(kinds.name, [kind]):
+                    where = f"{src}: param '{p.name}' with peft_type {kind}"
+                    check_keys(kind, [p.field[len(PEFT_KEY) :]])
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
 
 
 def _parse_peft_param(
@@ -207,7 +231,8 @@ def _parse_peft_param(
 
     Its values are checked by PEFT's config class here when the space fixes one PEFT method
     (`peft_config` with its peft_type under 'config', peft_type not searched); where it searches
-    the method, by each trial's config as it is made (a bad combination fails that trial).
+    the method, its name is checked against each method it may go with (_check_peft_keys) and its
+    values by each trial's config as it is made (a bad combination fails that trial).
     """
     if "choices" in spec:
         param = Param(name, target, "categorical", choices=list(spec["choices"] or []))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import optuna
@@ -138,3 +139,55 @@ def test_a_searched_peft_key_is_checked_by_peft_when_the_method_is_fixed(tmp_pat
         ConfigError, match="field 'peft_config.vera_rank' is not an option of PEFT's VeraConfig"
     ):
         load_space(tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (  # a searched key without a `when` goes with every method chosen
+            {"params": {"oft_block_size": {"field": "peft_config.oft_block_size", "choices": [0]}}},
+            (
+                "param 'oft_block_size' with peft_type VERA: field 'peft_config.oft_block_size' is not an "
+                "option of PEFT's VeraConfig"
+            ),
+        ),
+        (  # a fixed key only one of the chosen methods knows
+            {"config": {"peft_config": {"peft_type": "VERA", "vera_dropout": 0.1}}},
+            "param 'peft_type': field 'peft_config.vera_dropout' is not an option of PEFT's OFTConfig",
+        ),
+        (
+            {"params": {"peft_type": {"field": "peft_config.peft_type", "choices": ["OFT", "LORA"]}}},
+            "param 'peft_type': field 'peft_config.peft_type' is 'LORA'",
+        ),
+        (  # the same, where the method is searched too: checked for each chosen PEFT method
+            {"method searched": True, "config": {"peft_config": {"peft_type": "VERA", "vera_dropout": 0.1}}},
+            "param 'peft_type' choice 'OFT': field 'peft_config.vera_dropout' is not an option of PEFT's OFTConfig",
+        ),
+        (
+            {
+                "method searched": True,
+                "params": {
+                    "peft_type": {
+                        "field": "peft_config.peft_type",
+                        "choices": ["OFT", "VERA", "MISS", "LORA"],
+                    }
+                },
+            },
+            "param 'peft_type' choice 'LORA': field 'peft_config.peft_type' is 'LORA'",
+        ),
+    ],
+)
+def test_where_the_method_is_searched_each_chosen_method_knows_its_keys(tmp_path, change, message):
+    space = copy.deepcopy(SPACE)
+    space["config"].update(change.get("config", {}))
+    space["params"].update(change.get("params", {}))
+    if change.get("method searched"):  # as search_spaces/peft_methods.yaml: PEFT is one method of several
+        del space["config"]["method"]
+        space["params"] = {"method": {"choices": ["lora", "peft"]}, **space["params"]}
+        space["params"]["peft_type"]["when"] = {"method": "peft"}
+    space["baselines"] = []
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
+    with pytest.raises(ConfigError) as info:
+        load_space(tmp_path / "space.yaml")
+    text = str(info.value)
+    assert text.startswith(str(tmp_path / "space.yaml")) and message in text and "\n" not in text
