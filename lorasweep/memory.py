@@ -24,8 +24,13 @@ Bytes per device, for a compute dtype of `e` bytes and `S` = fsdp_shards:
   backward's temporaries, as measured); the logits take (e + 8) bytes per vocabulary entry (fp32
   copy and log-softmax for the loss). DoRA's weight-sized temporaries are not counted.
 
-Peak = weights + optimizer states + the larger of activations and gradients: backward frees a
-layer's activations as it fills that layer's gradients, and each step frees the gradients
+CorDA and LoRA-GA read training batches before training (`initialising`): CorDA holds an fp32
+covariance of each adapted layer's inputs (in x in) all at once, LoRA-GA each adapted weight's
+gradient and its average and a batch's activations; the peak is the larger of that (beside the
+weights) and training's.
+
+Training's peak = weights + optimizer states + the larger of activations and gradients: backward
+frees a layer's activations as it fills that layer's gradients, and each step frees the gradients
 (`zero_grad(set_to_none=True)`) before the next forward; with grad_accum > 1 the gradients are held
 while the next micro-batch's activations are saved, so both count. Evaluation (no gradients, up to
 128 rows a batch, run a few rows at a time where their fp32 logits would pass 512 MiB:
@@ -56,15 +61,24 @@ class MemoryEstimate:
     optimizer: int
     activations: int
     accumulating: bool = False  # grad_accum > 1: gradients are held while activations are saved
+    initialising: int = 0  # what a data-driven init holds beside the weights before training (CorDA, LoRA-GA)
 
     @property
-    def total(self) -> int:
+    def training(self) -> int:
         if self.accumulating:
             return self.weights + self.optimizer + self.gradients + self.activations
         return self.weights + self.optimizer + max(self.activations, self.gradients)
 
+    @property
+    def total(self) -> int:
+        return max(self.training, self.weights + self.initialising)
+
     def parts(self) -> dict[str, int]:
-        return {k: v for k, v in asdict(self).items() if k != "accumulating"}
+        return {
+            k: v
+            for k, v in asdict(self).items()
+            if k != "accumulating" and (k != "initialising" or v)  # most trials have no init part
+        }
 
     def describe(self) -> str:
         parts = ", ".join(f"{name} {value / GiB:.1f}" for name, value in self.parts().items())
@@ -127,7 +141,21 @@ def estimate(config: TrialConfig, base_config: Any, dtype: torch.dtype) -> Memor
         optimizer=int(optimizer),
         activations=int(_activations(config, base_config, adapted, e)),
         accumulating=config.grad_accum > 1,
+        initialising=int(_initialising(config, base_config, adapted, e)) if shards == 1 else 0,
     )
+
+
+def _initialising(config: TrialConfig, base_config: Any, adapted: dict[str, tuple[int, int]], e: int) -> int:
+    """What CorDA or LoRA-GA holds beside the weights while it reads the training batches (a sharded
+    trial's shards run it on the CPU): CorDA an fp32 covariance of each adapted layer's inputs,
+    all at once; LoRA-GA each adapted weight's gradient and its average, and the activations of
+    a batch's forward and backward."""
+    if config.init_lora_weights == "corda":
+        return sum(n_in * n_in * 4 for n_in, _ in adapted.values())
+    if config.init_lora_weights == "lora_ga":
+        gradients = sum(n_in * n_out * e for n_in, n_out in adapted.values())
+        return 2 * gradients + _activations(config, base_config, {}, e)
+    return 0
 
 
 def check_fits(estimated: MemoryEstimate, config: TrialConfig, device: torch.device) -> None:
@@ -144,6 +172,8 @@ def check_fits(estimated: MemoryEstimate, config: TrialConfig, device: torch.dev
         fixes.append("gradient_checkpointing: true")
     if config.method == "full":
         fixes.append("a LoRA method")
+    if estimated.weights + estimated.initialising > estimated.training:
+        fixes.append(f"another init_lora_weights ({config.init_lora_weights} takes the most to initialise)")
     if config.optimizer == "adamw" and config.fsdp_shards == 1:
         fixes.append("optimizer: adamw_8bit")
     if _can_shard(config):

@@ -72,3 +72,31 @@ def test_a_trial_that_will_not_fit_the_gpu_fails_at_once_naming_the_fields(monke
     assert "\n" not in message
     check_fits(need, config, torch.device("cpu"))  # a CPU's memory is not checked
     check_fits(dataclasses.replace(need, optimizer=GiB), config, torch.device("cuda", 0))  # it fits
+
+
+def test_corda_and_lora_ga_count_what_they_hold_to_initialise():
+    base = model_config(TrialConfig())
+    h, layers = base.hidden_size, base.num_hidden_layers
+    heads, kv_heads = base.num_attention_heads, base.num_key_value_heads
+    kv = h // heads * kv_heads
+    plain = estimated(method="lora", rank=4, target_modules="qv")
+    corda = estimated(method="lora", rank=4, target_modules="qv", init_lora_weights="corda")
+    lora_ga = estimated(method="lora", rank=4, target_modules="qv", init_lora_weights="lora_ga")
+    assert plain.initialising == 0 and "initialising" not in plain.parts()
+    # an fp32 covariance of q_proj's and v_proj's inputs (the hidden state) in every layer
+    assert corda.initialising == layers * 2 * h * h * 4
+    # the gradient of q_proj's and v_proj's weights and its average, and a batch's activations
+    full = estimated(method="full", rank=4, target_modules="qv")
+    assert lora_ga.initialising == 2 * layers * (h * h + h * kv) * 4 + full.activations
+    assert lora_ga.total == max(lora_ga.training, lora_ga.weights + lora_ga.initialising)
+    assert corda.parts()["initialising"] == corda.initialising
+
+
+def test_an_init_that_takes_the_most_memory_is_named_as_a_fix(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2**20, 2**30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 0)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 0)
+    config = TrialConfig(method="lora", rank=4, init_lora_weights="lora_ga", batch_size=64)
+    with pytest.raises(ConfigError) as info:
+        check_fits(estimate(config, model_config(config), torch.float32), config, torch.device("cuda:0"))
+    assert "another init_lora_weights (lora_ga takes the most to initialise)" in str(info.value)
