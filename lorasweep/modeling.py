@@ -171,17 +171,20 @@ def trial_model(
     base_dir: str | Path,
     device: torch.device = CPU,
     init_batches: Iterable[torch.Tensor] | None = None,
+    own_base: bool = False,
 ) -> tuple[torch.nn.Module, list[str]]:
     """A fresh trainable model for this trial on `device`, and the module names the adapter was put on.
 
     Full FT and LoRA variants start from a deep copy of the in-memory base (kept on the CPU, so the
-    accelerator holds only the trial's model). QLoRA needs the base quantised at load time, so it
+    accelerator holds only the trial's model); with `own_base`, from the base itself, which the
+    trial then changes (a shard process, which runs one trial: no second copy of the model in its
+    memory). QLoRA needs the base quantised at load time, so it
     loads `base_dir` again with a bitsandbytes config. A data-driven initialisation (`eva`) reads
     `init_batches`, the first batches of the trial's own training stream; without them (a model
     rebuilt to receive trained weights) the adapter is left as PEFT creates it.
     """
     if config.method == "full":
-        model = copy.deepcopy(base).to(device).train()
+        model = _fresh(base, device, own_base).train()
         for p in model.parameters():
             p.requires_grad_(True)
         return _checkpointed(model, config), []
@@ -190,12 +193,12 @@ def trial_model(
 
     modules = target_modules(base, config.target_modules)
     if config.method == "peft":
-        return _other_peft_method(base, config, modules, device)
+        return _other_peft_method(base, config, modules, device, own_base)
     _check_rank(base, modules, config.rank)
     if config.method == "qlora":
         model = load_quantized(base_dir, config, base.dtype, device)
     else:
-        model = copy.deepcopy(base).to(device)
+        model = _fresh(base, device, own_base)
     model.train()
     init = config.init_lora_weights
     lora = LoraConfig(
@@ -230,8 +233,13 @@ def trial_model(
         ) from None
 
 
+def _fresh(base: torch.nn.Module, device: torch.device, own_base: bool) -> torch.nn.Module:
+    """The trial's model before any adapter: a copy of the base on `device`, or the base itself."""
+    return (base if own_base else copy.deepcopy(base)).to(device)
+
+
 def _other_peft_method(
-    base: torch.nn.Module, config: TrialConfig, presets: list[str], device: torch.device
+    base: torch.nn.Module, config: TrialConfig, presets: list[str], device: torch.device, own_base: bool
 ) -> tuple[torch.nn.Module, list[str]]:
     """`method: peft`: PEFT's method of `peft_config` (peft_methods.py) on a copy of the base."""
     from peft import get_peft_model
@@ -239,7 +247,7 @@ def _other_peft_method(
     from lorasweep.peft_methods import build
 
     peft_config = build(config.peft_config, presets)
-    model = copy.deepcopy(base).to(device).train()
+    model = _fresh(base, device, own_base).train()
     kind = config.peft_config["peft_type"]
     try:
         model = get_peft_model(_checkpointed(model, config), peft_config)
@@ -361,13 +369,13 @@ def model_bytes(model: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def parameter_counts(model: torch.nn.Module, base: torch.nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameters; total is the base's count plus any adapter.
+def parameter_counts(model: torch.nn.Module, base_total: int) -> tuple[int, int]:
+    """(trainable, total) parameters; total is the base's count (`base_total`, taken from the base
+    before the trial's model was made of it) plus any adapter.
 
     Counting from the unquantised base keeps QLoRA honest: bitsandbytes stores 4-bit weights
     packed, so their tensors hold fewer elements than the layer has parameters.
     """
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    base_total = sum(p.numel() for p in base.parameters())
     adapter = trainable if hasattr(model, "peft_config") else 0  # an adapter's are all its own
     return trainable, base_total + adapter

@@ -108,13 +108,16 @@ def train_trial(
     _reset_peak_memory(prepared.device)
     init_started = time.perf_counter()
     first = init_batches(prepared, config)
-    if shard:  # sharded from the CPU copy: no device ever holds the whole model
-        model, modules = trial_model(prepared.base, config, prepared.base_dir, init_batches=first)
+    base_total = sum(p.numel() for p in prepared.base.parameters())
+    if shard:  # sharded from the CPU: no device ever holds the whole model, nor the host two copies
+        model, modules = trial_model(
+            prepared.base, config, prepared.base_dir, init_batches=first, own_base=True
+        )
         model = shard.wrap(model)
     else:
         model, modules = trial_model(prepared.base, config, prepared.base_dir, prepared.device, first)
     init_s = time.perf_counter() - init_started
-    trainable, total = parameter_counts(model, prepared.base)
+    trainable, total = parameter_counts(model, base_total)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config)
     steps = config.steps

@@ -43,7 +43,12 @@ def test_sharded_full_ft_measures_what_the_unsharded_trial_does(tiny_world, cach
     assert sharded.forget == pytest.approx(plain.forget, abs=1e-3)
     assert sharded.train_loss == pytest.approx(plain.train_loss, rel=1e-4)
     assert sharded.learn_curve.keys() == plain.learn_curve.keys()
-    assert (sharded.train_tokens, sharded.trainable_params) == (plain.train_tokens, plain.trainable_params)
+    # each shard makes its model of the base itself (no copy): counted before, as the plain trial does
+    assert (sharded.train_tokens, sharded.trainable_params, sharded.total_params) == (
+        plain.train_tokens,
+        plain.trainable_params,
+        plain.total_params,
+    )
     assert steps == [(s, plain.train_steps) for s in range(1, plain.train_steps + 1)]
     assert [step for step, *_ in evals] == [int(k) for k in plain.learn_curve][:-1]
     # each shard holds half of the states; together they hold what the plain trial's optimizer did
@@ -63,6 +68,10 @@ def test_run_command_runs_a_sharded_lora_trial_as_the_unsharded_one(tiny_world, 
     assert sharded["learn"] == plain.learn
     assert sharded["forget"] == pytest.approx(plain.forget, abs=1e-3)
     assert sharded["config"]["fsdp_shards"] == 2
+    assert (sharded["trainable_params"], sharded["total_params"]) == (
+        plain.trainable_params,
+        plain.total_params,
+    )
 
 
 def test_pruning_a_sharded_trial_stops_every_shard(tiny_world, cache_dir):
