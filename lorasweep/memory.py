@@ -26,8 +26,8 @@ Bytes per device, for a compute dtype of `e` bytes and `S` = fsdp_shards:
 
 CorDA and LoRA-GA read training batches before training (`initialising`): CorDA holds an fp32
 covariance of each adapted layer's inputs (in x in) all at once, LoRA-GA each adapted weight's
-gradient and its average and a batch's activations; the peak is the larger of that (beside the
-weights) and training's.
+gradient and a batch's activations (details in _initialising); the peak is the larger of that
+(beside the weights) and training's.
 
 Training's peak = weights + optimizer states + the larger of activations and gradients: backward
 frees a layer's activations as it fills that layer's gradients, and each step frees the gradients
@@ -146,15 +146,20 @@ def estimate(config: TrialConfig, base_config: Any, dtype: torch.dtype) -> Memor
 
 
 def _initialising(config: TrialConfig, base_config: Any, adapted: dict[str, tuple[int, int]], e: int) -> int:
-    """What CorDA or LoRA-GA holds beside the weights while it reads the training batches (a sharded
-    trial's shards run it on the CPU): CorDA an fp32 covariance of each adapted layer's inputs,
-    all at once; LoRA-GA each adapted weight's gradient and its average, and the activations of
-    a batch's forward and backward."""
+    """What CorDA or LoRA-GA holds beside the weights while it initialises (PEFT 0.21; a sharded
+    trial's shards do it on the CPU): CorDA an fp32 covariance of each adapted layer's inputs, all
+    at once, and one layer's decomposition in fp32 (about 5 in x in and 3 in x out); LoRA-GA each
+    adapted weight's gradient (averaged and freed a layer at a time), a batch's activations, and
+    one layer's fp32 copies while it splits the gradient."""
+    if not adapted:
+        return 0
     if config.init_lora_weights == "corda":
-        return sum(n_in * n_in * 4 for n_in, _ in adapted.values())
+        covariances = sum(n_in * n_in * 4 for n_in, _ in adapted.values())
+        return covariances + max((5 * n_in + 3 * n_out) * n_in * 4 for n_in, n_out in adapted.values())
     if config.init_lora_weights == "lora_ga":
         gradients = sum(n_in * n_out * e for n_in, n_out in adapted.values())
-        return 2 * gradients + _activations(config, base_config, {}, e)
+        layer = max(n_in * n_out * (e + 12) for n_in, n_out in adapted.values())
+        return gradients + layer + _activations(config, base_config, {}, e)
     return 0
 
 
@@ -168,12 +173,14 @@ def check_fits(estimated: MemoryEstimate, config: TrialConfig, device: torch.dev
     if estimated.total <= free:
         return
     fixes = ["a smaller batch_size (with grad_accum for the same step) or max_length"]
+    if estimated.weights + estimated.initialising > estimated.training:  # the init is what does not fit
+        fixes.insert(
+            0, f"another init_lora_weights ({config.init_lora_weights} takes the most to initialise)"
+        )
     if not config.gradient_checkpointing:
         fixes.append("gradient_checkpointing: true")
     if config.method == "full":
         fixes.append("a LoRA method")
-    if estimated.weights + estimated.initialising > estimated.training:
-        fixes.append(f"another init_lora_weights ({config.init_lora_weights} takes the most to initialise)")
     if config.optimizer == "adamw" and config.fsdp_shards == 1:
         fixes.append("optimizer: adamw_8bit")
     if _can_shard(config):

@@ -150,6 +150,13 @@ def prepare(
     return _PREPARED[key]
 
 
+def consumed(prepared: Prepared) -> None:
+    """`prepared`'s base became a trial's model (a shard's: trial_model's own_base): no later
+    `prepare` in this process hands it out again."""
+    for key in [k for k, v in _PREPARED.items() if v is prepared]:
+        del _PREPARED[key]
+
+
 def _heldout_documents(tokenizer, texts: list[str], config: TrialConfig) -> list[list[int]]:
     """The held-out general text's token ids; one line and no tokenising past HELDOUT_TOKENS_MAX
     tokens, where every evaluation would outlast the training between two of them."""

@@ -169,6 +169,10 @@ def _parse_params(raw: Any, config: dict[str, Any], src: str) -> list[Param]:
         raise ConfigError(f"{src}: 'params' must be a mapping of name: distribution")
     hints = typing.get_type_hints(TrialConfig)
     params: list[Param] = []
+    type_searched = any(  # wherever it is listed: the PEFT keys' checks depend on it
+        (spec.get("field", name) if isinstance(spec, dict) else name) == f"{PEFT_KEY}peft_type"
+        for name, spec in raw.items()
+    )
     for name, spec in raw.items():
         where = f"{src}: param '{name}'"
         if not isinstance(spec, dict):
@@ -178,7 +182,7 @@ def _parse_params(raw: Any, config: dict[str, Any], src: str) -> list[Param]:
                 raise ConfigError(f"{where}: {unknown('key', key, PARAM_KEYS)}")
         target = spec.get("field", name)
         if isinstance(target, str) and target.startswith(PEFT_KEY):
-            param = _parse_peft_param(name, target, spec, config, params, where)
+            param = _parse_peft_param(name, target, spec, config, type_searched, where)
             param.when = _parse_when(spec.get("when"), params, where)
             params.append(param)
             continue
@@ -206,26 +210,39 @@ def _check_peft_keys(params: list[Param], config: dict[str, Any], src: str) -> N
     """Where a space searches `peft_config.peft_type`: each method it chooses is one lorasweep runs,
     and knows every key fixed under `peft_config` and every searched key that may go with it (the
     values are PEFT's to judge, trial by trial: they may hold only in combination)."""
-    kinds = next((p for p in params if p.field == f"{PEFT_KEY}peft_type"), None)
-    if kinds is None:
-        return
-    fixed = [k for k in config.get("peft_config") or {} if k != "peft_type"]
-    for kind in kinds.choices:
-        where = f"{src}: param '{kinds.name}' choice {kind!r}"
-        if not isinstance(kind, str):
-            raise ConfigError(f"{where}: a peft_type is a name, e.g. OFT")
-        try:
-            check_keys(kind, fixed)
-            for p in params:
-                if p.field.startswith(PEFT_KEY) and p is not kinds and kind in p.when.get(kinds.name, [kind]):
-                    where = f"{src}: param '{p.name}' with peft_type {kind}"
-                    check_keys(kind, [p.field[len(PEFT_KEY) :]])
-        except ConfigError as err:
-            raise ConfigError(f"{where}: {err}") from None
+    fixed = config.get("peft_config") or {}
+    if not isinstance(fixed, dict):
+        raise ConfigError(f"{src}: field 'peft_config' must be a mapping with peft_type")
+    for kinds in (p for p in params if p.field == f"{PEFT_KEY}peft_type"):
+        goes_with = _goes_with(params, kinds)
+        for kind in kinds.choices:
+            where = f"{src}: param '{kinds.name}' choice {kind!r}"
+            if not isinstance(kind, str):
+                raise ConfigError(f"{where}: a peft_type is a name, e.g. OFT")
+            try:
+                check_keys(kind, [k for k in fixed if k != "peft_type"])
+                for p in params:
+                    if p.field.startswith(PEFT_KEY) and p is not kinds and kind in goes_with[p.name]:
+                        where = f"{src}: param '{p.name}' with peft_type {kind}"
+                        check_keys(kind, [p.field[len(PEFT_KEY) :]])
+            except ConfigError as err:
+                raise ConfigError(f"{where}: {err}") from None
+
+
+def _goes_with(params: list[Param], kinds: Param) -> dict[str, set]:
+    """Per param, the choices of `kinds` (a searched peft_type) it can be active with: those its
+    `when` allows, through the params its `when` names (a `when` names only earlier params)."""
+    found: dict[str, set] = {}
+    for p in params:
+        allowed = set(kinds.choices)
+        for name, values in p.when.items():
+            allowed &= set(values) if name == kinds.name else found.get(name, set(kinds.choices))
+        found[p.name] = allowed
+    return found
 
 
 def _parse_peft_param(
-    name: str, target: str, spec: dict, config: dict[str, Any], earlier: list[Param], where: str
+    name: str, target: str, spec: dict, config: dict[str, Any], type_searched: bool, where: str
 ) -> Param:
     """A searched key of `peft_config` (peft_methods.py): `peft_config.r`, `peft_config.peft_type`.
 
@@ -242,12 +259,11 @@ def _parse_peft_param(
         number = float if spec.get("type") == "float" else int
         param = _parse_distribution(name, target, number, spec, where)
     fixed = config.get("peft_config")
-    searched_type = any(p.field == f"{PEFT_KEY}peft_type" for p in earlier)
     if (
         isinstance(fixed, dict)
         and "peft_type" in fixed
         and config.get("method") == "peft"
-        and not searched_type
+        and not type_searched
     ):
         for value in param.choices or [param.low, param.high]:
             TrialConfig.from_dict({**config, "peft_config": {**fixed, target[len(PEFT_KEY) :]: value}}, where)

@@ -25,7 +25,7 @@ from lorasweep.evaluate import forget, mean_loss
 from lorasweep.memory import GiB, MemoryEstimate, check_fits, estimate, model_config
 from lorasweep.modeling import model_bytes, parameter_counts, resolve_device, resolve_dtype, trial_model
 from lorasweep.optimizers import make_optimizer, state_bytes
-from lorasweep.prepare import Prepared, evaluate_model, prepare
+from lorasweep.prepare import Prepared, consumed, evaluate_model, prepare
 from lorasweep.records import TrialResult
 from lorasweep.sharding import Shard
 from lorasweep.train import WeightAverager, make_scheduler, train_loop
@@ -113,6 +113,7 @@ def train_trial(
         model, modules = trial_model(
             prepared.base, config, prepared.base_dir, init_batches=first, own_base=True
         )
+        consumed(prepared)
         model = shard.wrap(model)
     else:
         model, modules = trial_model(prepared.base, config, prepared.base_dir, prepared.device, first)

@@ -83,5 +83,6 @@ def test_batches_whose_logits_would_be_large_are_evaluated_a_few_rows_at_a_time(
         and max(calls) == 2
         and sum(calls) == sum(b.input_ids.shape[0] for b in prepared.general_heldout)
     )
-    assert torch.allclose(chunked[0], losses[0], rtol=1e-5) and torch.equal(chunked[1], losses[1])
+    # the same bits on a CPU, so a study recorded before chunking reproduces exactly
+    assert torch.equal(chunked[0], losses[0]) and torch.equal(chunked[1], losses[1])
     assert exact_match(model, prepared.general_probes) == hits

@@ -153,11 +153,18 @@ def test_a_searched_peft_key_is_checked_by_peft_when_the_method_is_fixed(tmp_pat
         ),
         (  # a fixed key only one of the chosen methods knows
             {"config": {"peft_config": {"peft_type": "VERA", "vera_dropout": 0.1}}},
-            "param 'peft_type': field 'peft_config.vera_dropout' is not an option of PEFT's OFTConfig",
+            "param 'peft_type' choice 'OFT': field 'peft_config.vera_dropout' is not an option of PEFT's OFTConfig",
         ),
         (
-            {"params": {"peft_type": {"field": "peft_config.peft_type", "choices": ["OFT", "LORA"]}}},
-            "param 'peft_type': field 'peft_config.peft_type' is 'LORA'",
+            {
+                "params": {
+                    "peft_type": {
+                        "field": "peft_config.peft_type",
+                        "choices": ["OFT", "VERA", "MISS", "LORA"],
+                    }
+                }
+            },
+            "param 'peft_type' choice 'LORA': field 'peft_config.peft_type' is 'LORA'",
         ),
         (  # the same, where the method is searched too: checked for each chosen PEFT method
             {"method searched": True, "config": {"peft_config": {"peft_type": "VERA", "vera_dropout": 0.1}}},
@@ -191,3 +198,22 @@ def test_where_the_method_is_searched_each_chosen_method_knows_its_keys(tmp_path
         load_space(tmp_path / "space.yaml")
     text = str(info.value)
     assert text.startswith(str(tmp_path / "space.yaml")) and message in text and "\n" not in text
+
+
+def test_a_key_whose_when_goes_through_another_param_is_checked_only_with_its_methods(tmp_path):
+    # use_cayley_neumann is OFT's alone; it goes with OFT through oft_block_size's own `when`
+    space = copy.deepcopy(SPACE)
+    space["params"]["cayley"] = {
+        "field": "peft_config.use_cayley_neumann",
+        "choices": [True, False],
+        "when": {"oft_block_size": [0]},
+    }
+    space["baselines"] = []
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
+    assert load_space(tmp_path / "space.yaml").params[-1].field == "peft_config.use_cayley_neumann"
+    del space["params"]["cayley"]["when"]  # now it would go with VeRA too
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
+    with pytest.raises(
+        ConfigError, match="param 'cayley' with peft_type VERA: field 'peft_config.use_cayley"
+    ):
+        load_space(tmp_path / "space.yaml")
