@@ -34,7 +34,12 @@ EVAL_LOGITS_BYTES = 2**29
 
 def mean_loss(model, batches: Sequence[Batch]) -> float:
     """Mean negative log-likelihood per scored token, in nats."""
-    nll, tokens = row_losses(model, batches)
+    return loss_of(row_losses(model, batches))
+
+
+def loss_of(rows: tuple[torch.Tensor, torch.Tensor]) -> float:
+    """The mean loss per scored token of `row_losses`' rows."""
+    nll, tokens = rows
     return float(nll.sum() / max(int(tokens.sum()), 1))
 
 

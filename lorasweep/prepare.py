@@ -20,7 +20,7 @@ import torch
 from lorasweep.config import TrialConfig
 from lorasweep.corpus import Corpus, load_corpus
 from lorasweep.data import Batch, loss_batches, probe_batches, tokenize_documents
-from lorasweep.evaluate import answer_length, exact_match, generated_match, mean_loss, row_losses
+from lorasweep.evaluate import answer_length, exact_match, generated_match, loss_of, mean_loss, row_losses
 from lorasweep.modeling import load_base, resolve_device, resolve_dtype, weights_fingerprint
 from lorasweep.token_store import TokenStore, token_store
 from lorasweep.validation import ConfigError
@@ -141,7 +141,8 @@ def prepare(
         # measured once: forget of every trial is relative to these
         if measured is None:
             on_device = base if device.type == "cpu" else copy.deepcopy(base).to(device)
-            measured = evaluate_model(on_device, prepared), row_losses(on_device, prepared.general_heldout)
+            rows = row_losses(on_device, prepared.general_heldout)  # scored once: the loss is theirs
+            measured = evaluate_model(on_device, prepared, general_rows=rows), rows
             del on_device
             if device.type == "cuda":
                 torch.cuda.empty_cache()  # the device's memory is the trials' (memory.check_fits)
@@ -214,11 +215,14 @@ def _check_probes_fit(corpus: Corpus, tokenizer, context: int) -> None:
             )
 
 
-def evaluate_model(model: torch.nn.Module, prepared: Prepared) -> dict[str, float]:
-    """learn and the general loss; the world's held-out domain loss and general QA where it has them."""
+def evaluate_model(
+    model: torch.nn.Module, prepared: Prepared, general_rows: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> dict[str, float]:
+    """learn and the general loss (from `general_rows`, the model's row_losses of the general
+    held-out text, where given); the world's held-out domain loss and general QA where it has them."""
     metrics = {
         "learn": prepared.learn(model, prepared.domain_probes),
-        "general_loss": mean_loss(model, prepared.general_heldout),
+        "general_loss": loss_of(general_rows or row_losses(model, prepared.general_heldout)),
     }
     if prepared.domain_heldout:
         metrics["domain_loss"] = mean_loss(model, prepared.domain_heldout)
