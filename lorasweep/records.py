@@ -47,9 +47,7 @@ class TrialResult:
     peak_memory_gb: float  # what memory_objective and memory_budget_gb read, in GiB (trial._peak_memory_gb)
     peak_memory_source: str  # measured (CUDA allocated), estimated (on a CPU), or resident
     memory_estimate_bytes: int | None  # estimated before loading, per device (memory.py)
-    memory_estimate: (
-        dict[str, int] | None
-    )  # its parts: weights, gradients, optimizer, activations[, initialising]
+    memory_estimate: dict[str, int] | None  # its parts (memory.MemoryEstimate.parts)
     optimizer_state_bytes: int | None  # the optimizer's state tensors, over every shard
     model_bytes: int
     peak_lr: float
